@@ -46,7 +46,7 @@ def make_synthetic_dataset(root: str, n_cases: int = 6, shape=(24, 32, 32), n_cl
                            with_images: bool = True) -> dict:
     """Writes root/dataset.json, root/labelsTs, root/imagesTs (optional) and per method and fold a prediction
     folder root/predictions/<method>/fold_<k>. Cases alternate between the modalities; fold k holds the
-    cases i with i % folds == k. Returns the paths."""
+    cases i with (i // len(modalities)) % folds == k (every fold has every modality). Returns the paths."""
     rng = np.random.default_rng(seed)
     methods = methods if methods is not None else {"good": {"shift": 1, "drop": 0.0},
                                                    "worse": {"shift": 3, "drop": 0.15}}
@@ -75,7 +75,8 @@ def make_synthetic_dataset(root: str, n_cases: int = 6, shape=(24, 32, 32), n_cl
             write_nifti(image.astype(np.int16), os.path.join(images_dir, case_id + "_0000.nii.gz"), spacing)
         for method, params in methods.items():
             prediction = perturb(seg, n_classes, params["shift"], params["drop"], rng)
-            write_nifti(prediction, os.path.join(prediction_dirs[method][i % folds], case_id + ".nii.gz"), spacing)
+            fold = (i // len(modalities)) % folds
+            write_nifti(prediction, os.path.join(prediction_dirs[method][fold], case_id + ".nii.gz"), spacing)
     dataset_json = {
         "channel_names": {"0": "either_CT_or_MR"},
         "labels": {"background": 0, **{f"organ{k}": k for k in range(1, n_classes + 1)}},
