@@ -19,3 +19,10 @@ def register(environ=os.environ) -> None:
 
 
 register()
+
+# MulModSeg intensity normalization: a post-import hook (sys/importlib only, nothing imported now) that lets
+# nnU-Net's name lookups find nnunet_mulmod.intensity's classes; see nnunet_mulmod/_intensity_hook.py.
+if not os.environ.get("NNUNET_MULMOD_NO_AUTOREGISTER"):
+    from nnunet_mulmod import _intensity_hook
+
+    _intensity_hook.install()
