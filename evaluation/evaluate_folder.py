@@ -121,17 +121,21 @@ def check_same_dataset(dataset_json: Mapping, pred_folder: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # one case (runs in worker processes)
 # ----------------------------------------------------------------------------------------------------------------------
+def _vec(values) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in np.ravel(values)) + ")"
+
+
 def _geometry_problem(ref_props: dict, pred_props: dict, ref_shape, pred_shape) -> Optional[str]:
     if tuple(ref_shape) != tuple(pred_shape):
         return f"shape {tuple(pred_shape)} (prediction) vs {tuple(ref_shape)} (reference)"
     if not np.allclose(ref_props["spacing"], pred_props["spacing"], rtol=1e-4, atol=1e-5):
-        return f"spacing {tuple(pred_props['spacing'])} (prediction) vs {tuple(ref_props['spacing'])} (reference)"
+        return f"spacing {_vec(pred_props['spacing'])} (prediction) vs {_vec(ref_props['spacing'])} (reference)"
     a, b = ref_props.get("sitk_stuff"), pred_props.get("sitk_stuff")
     if a is not None and b is not None:
         if not np.allclose(a["origin"], b["origin"], atol=1e-3):
-            return f"origin {b['origin']} (prediction) vs {a['origin']} (reference)"
+            return f"origin {_vec(b['origin'])} (prediction) vs {_vec(a['origin'])} (reference)"
         if not np.allclose(a["direction"], b["direction"], atol=1e-4):
-            return f"direction {b['direction']} (prediction) vs {a['direction']} (reference)"
+            return f"direction {_vec(b['direction'])} (prediction) vs {_vec(a['direction'])} (reference)"
     a, b = ref_props.get("nibabel_stuff"), pred_props.get("nibabel_stuff")
     if a is not None and b is not None and not np.allclose(a["original_affine"], b["original_affine"], atol=1e-3):
         return f"affine\n{b['original_affine']} (prediction) vs\n{a['original_affine']} (reference)"

@@ -44,7 +44,7 @@ class LabelValueError(ValueError):
 
     def __init__(self, which: str, values: Sequence[int]):
         self.which = which
-        self.values = [int(v) for v in values]
+        self.values = [int(v) if float(v).is_integer() else float(v) for v in values]
         super().__init__(f"{which} contains label values {self.values} that are not in the dataset's label set")
 
     def __reduce__(self):  # keeps the exception picklable across worker processes
