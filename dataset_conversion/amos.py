@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       convert_nifti_case, dataset_writer, list_images, main_wrapper,
+                                       convert_nifti_case, dataset_path, dataset_writer, list_images, main_wrapper,
                                        mixed_channel_name, run_jobs, strip_ending, write_dataset_json)
 
 AMOS_LABELS = {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder",
@@ -119,7 +119,7 @@ def convert_amos(amos_folder: str, dataset_id: int = 501, name: str = "AMOS2022"
     lookup = {v: v for v in names}
     if organs == 13:
         lookup.update({v: 0 for v in DROPPED_FOR_13_ORGANS})
-    target_labels = {names[v]: v for v in sorted(names) if lookup[v] == v and (v == 0 or v not in DROPPED_FOR_13_ORGANS)}
+    target_labels = {names[v]: v for v in sorted(names) if v == 0 or lookup[v] != 0}
 
     if split == "all":
         train, test_labelled, test_unlabelled = sorted(labelled), [], sorted(unlabelled)
@@ -161,7 +161,7 @@ def convert_amos(amos_folder: str, dataset_id: int = 501, name: str = "AMOS2022"
             converted_by="nnunet_mulmod_convert_amos",
             description=f"AMOS 2022, {organs} organs, split {split!r}. Modality from the case id (> 500 is MR).",
             **extra)
-    return out
+    return dataset_path(dataset_id, name)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       dataset_writer, main_wrapper, mixed_channel_name, run_jobs,
+                                       dataset_path, dataset_writer, main_wrapper, mixed_channel_name, run_jobs,
                                        write_dataset_json, write_image, write_splits)
 
 MR_GREY_RANGES = ((55, 70, 1), (110, 135, 2), (175, 200, 3), (240, 255, 4))  # (low, high, organ id)
@@ -326,7 +326,7 @@ def convert_chaos(chaos_folder: str, dataset_id: int = 503, name: str = "CHAOS",
             license="CC BY-SA 4.0", converted_by="nnunet_mulmod_convert_chaos",
             description=f"CHAOS 2019, mode {mode}, sequences {sequences}, organs {organs}"
                         f"{' (union)' if union else ''}.")
-    return out
+    return dataset_path(dataset_id, name)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -60,6 +60,10 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
+def dataset_path(dataset_id: int, name: str) -> str:
+    return os.path.join(nnunet_raw_folder(), dataset_folder_name(dataset_id, name))
+
+
 @contextlib.contextmanager
 def dataset_writer(dataset_id: int, name: str, overwrite: bool) -> Iterator[str]:
     """Yields a temporary folder to write the dataset into; moves it to $nnUNet_raw/DatasetXXX_Name on success.
@@ -105,15 +109,48 @@ def dataset_writer(dataset_id: int, name: str, overwrite: bool) -> Iterator[str]
 # reading and checking
 # ----------------------------------------------------------------------------------------------------------------
 def read_image(path: str, case: str) -> sitk.Image:
-    """Reads the whole file (so truncated gzip streams are caught here, not in training)."""
+    """Reads the whole file; truncated files are caught here, not in training."""
     if not os.path.isfile(path):
         raise ConversionError(f"Case {case}: file {path} does not exist.")
     try:
-        return sitk.ReadImage(path)
+        image = sitk.ReadImage(path)
     except RuntimeError as e:
         first_line = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise ConversionError(f"Case {case}: cannot read {path} (unreadable or truncated file: {first_line}). "
-                              f"Re-download/re-extract this file, or remove the case from the input.") from None
+                              f"Re-download/re-extract this file, or remove the case.") from None
+    if path.endswith(".nii.gz") and not _gzip_nifti_complete(path):
+        raise ConversionError(f"Case {case}: cannot read {path} (unreadable or truncated file: the compressed "
+                              f"stream ends early). Re-download/re-extract this file, or remove the case.")
+    return image
+
+
+def _gzip_nifti_complete(path: str) -> bool:
+    """ITK reads a truncated .nii.gz without an error (the missing voxels become zeros). The gzip trailer's
+    last 4 bytes hold the uncompressed size (mod 2**32): compare it with the size the NIfTI header implies
+    (O(1)); only when they disagree (a truncated file, or a writer that pads) decompress the stream to decide."""
+    import gzip
+    import zlib
+
+    import nibabel
+
+    try:
+        header = nibabel.load(path).header
+        expected = header.get_data_offset() or header.single_vox_offset
+        expected += int(np.prod(header.get_data_shape())) * int(header["bitpix"]) // 8
+    except Exception:  # an exotic header: decide by decompressing
+        expected = -1
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        stored = int.from_bytes(f.read(4), "little")
+    if stored == expected % 2 ** 32:
+        return True
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error):
+        return False
+    return True
 
 
 def geometry(image: sitk.Image) -> dict:

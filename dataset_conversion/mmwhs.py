@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       convert_nifti_case, dataset_writer, list_images, main_wrapper,
+                                       convert_nifti_case, dataset_path, dataset_writer, list_images, main_wrapper,
                                        mixed_channel_name, run_jobs, write_dataset_json, write_splits)
 
 # source value -> (target id, name), in the paper's order
@@ -124,7 +124,7 @@ def convert_mmwhs(mmwhs_folder: str, dataset_id: int = 502, name: str = "MMWHS",
             description=f"MM-WHS 2017 whole heart, 7 substructures (205,420/421,500,550,600,820,850 -> 1..7); "
                         f"split {split!r} (seed {seed}) in splits_final.json" if splits else
                         "MM-WHS 2017 whole heart, 7 substructures; nnU-Net's default 5-fold CV.")
-    return out
+    return dataset_path(dataset_id, name)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

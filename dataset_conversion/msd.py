@@ -21,14 +21,14 @@ import argparse
 import json
 import os
 import re
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import SimpleITK as sitk
 
 from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, check_label_values,
-                                       check_same_geometry, copy_or_write, dataset_writer, label_array_and_values,
-                                       list_images, main_wrapper, read_image, remap_labels, run_jobs, strip_ending,
-                                       write_dataset_json, write_image)
+                                       check_same_geometry, copy_or_write, dataset_path, dataset_writer,
+                                       label_array_and_values, list_images, main_wrapper, read_image, remap_labels,
+                                       run_jobs, strip_ending, write_dataset_json, write_image)
 
 # MSD spells some channels in lower case; the modality tags use the usual spelling
 CHANNEL_SPELLING = {"t1gd": "T1gd", "flair": "FLAIR", "t1w": "T1w", "t2w": "T2w", "adc": "ADC", "t2": "T2"}
@@ -144,7 +144,7 @@ def convert_msd(msd_folder: str, dataset_id: Optional[int] = None, name: Optiona
             license=source.get("licence", source.get("license", "CC-BY-SA 4.0")),
             converted_by="nnunet_mulmod_convert_msd",
             description=f"MSD {task}" + (f"; all labels > 0 merged into '{union_name}'" if union else ""))
-    return out
+    return dataset_path(dataset_id, name)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -32,9 +32,9 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       check_same_geometry, copy_or_write, dataset_writer, label_array_and_values,
-                                       main_wrapper, mixed_channel_name, read_image, remap_labels, run_jobs,
-                                       strip_ending, write_dataset_json, write_image)
+                                       check_same_geometry, copy_or_write, dataset_path, dataset_writer,
+                                       label_array_and_values, main_wrapper, mixed_channel_name, read_image,
+                                       remap_labels, run_jobs, strip_ending, write_dataset_json, write_image)
 from nnunet_mulmod.modality import ModalityError, validate_modality_name
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -183,7 +183,7 @@ def convert_own_data(cases: List[dict], labels_json: str, dataset_id: int, name:
                            case_modalities, vocabulary=modalities, dataset_name=name,
                            overwrite_image_reader_writer="NibabelIOWithReorient",
                            converted_by="nnunet_mulmod_convert_own_data")
-    return out
+    return dataset_path(dataset_id, name)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
