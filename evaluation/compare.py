@@ -145,8 +145,8 @@ def per_case_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         bad = d[duplicated][["setting", "case_id"]].drop_duplicates().head(10).values.tolist()
         raise EvaluationError(f"Cases evaluated more than once within one input (model, case): {bad}. Each input must "
                               f"hold one prediction per case (e.g. not two folds' predictions of the same test set).")
-    wide = d.pivot_table(index=["modality", "case_id"], columns=["setting", "label_name"], values="value",
-                         aggfunc="first", observed=True, dropna=False)
+    # unstack, not pivot_table(dropna=False), which would add every modality x case combination as a row
+    wide = d.set_index(["modality", "case_id", "setting", "label_name"])["value"].unstack(["setting", "label_name"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         for model in wide.columns.get_level_values(0).unique():
@@ -197,14 +197,13 @@ def compare_frames(df: pd.DataFrame, baseline: str, metrics: Sequence[str] = ("D
                 for row, adjusted in zip(block, holm([r["p_value"] for r in block])):
                     row["p_holm"] = adjusted
                 rows += block
-            paired = pd.DataFrame({"metric": metric, "modality": wide.index.get_level_values(0),
-                                   "case_id": wide.index.get_level_values(1)})
             for label in labels:
-                paired[f"{label} {baseline}"] = wide[(baseline, label)].to_numpy()
-                paired[f"{label} {model}"] = wide[(model, label)].to_numpy()
-                paired[f"{label} difference"] = paired[f"{label} {model}"] - paired[f"{label} {baseline}"]
-            paired.insert(0, "model", model)
-            per_case_tables.append(paired)
+                per_case_tables.append(pd.DataFrame({
+                    "model": model, "baseline": baseline, "metric": metric,
+                    "modality": wide.index.get_level_values(0), "case_id": wide.index.get_level_values(1),
+                    "class": label, "value_baseline": wide[(baseline, label)].to_numpy(dtype=float),
+                    "value": wide[(model, label)].to_numpy(dtype=float)}))
+                per_case_tables[-1]["difference"] = per_case_tables[-1]["value"] - per_case_tables[-1]["value_baseline"]
     return {"statistics": pd.DataFrame(rows), "per_case": pd.concat(per_case_tables, ignore_index=True)}
 
 
@@ -332,6 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="compare on the cases all inputs have instead of failing when they differ")
     args = parser.parse_args(argv)
     names = args.names or [os.path.basename(os.path.normpath(p)) for p in args.i]
+    if args.names is None and len(set(names)) < len(names):  # e.g. .../modelA/fold_0 and .../modelB/fold_0
+        names = ["/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in args.i]
     if len(names) != len(args.i):
         parser.error(f"{len(names)} names for {len(args.i)} inputs")
     if len(set(names)) != len(names):

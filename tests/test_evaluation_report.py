@@ -1,0 +1,99 @@
+"""nnunet_mulmod_report: tables and PNG figures from a tiny synthetic results folder."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from evaluation.evaluate_folder import evaluate_folder
+from evaluation.report import load_case_metrics, main as report_main
+from evaluation.synthetic import make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = make_synthetic_dataset(str(root / "data"), n_cases=8, shape=(8, 24, 24), n_classes=3, folds=2,
+                                  spacing=(3.0, 1.0, 1.0), seed=2,
+                                  methods={"good": {"shift": 1, "drop": 0.0}, "bad": {"shift": 3, "drop": 0.3}})
+    for method, folds in data["predictions"].items():
+        for fold, folder in folds.items():
+            evaluate_folder(data["labels"], folder, data["dataset_json"],
+                            str(root / "results" / method / f"fold_{fold}" / "summary.json"), num_processes=1,
+                            missing="skip", progress=False)
+    with open(root / "results" / "report_settings.json", "w") as f:
+        json.dump({"title": "Toy table", "settings": [{"name": "Baseline", "path": "bad"},
+                                                      {"name": "Ours", "path": "good"}]}, f)
+    return {"root": root, "data": data, "results": str(root / "results")}
+
+
+def read_png_shape(path):
+    import matplotlib.image
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path).shape
+
+
+def test_report_cli_writes_tables_and_figures(results):
+    out = str(results["root"] / "out")
+    code = report_main([results["results"], "-o", out, "-m", "Dice", "HD95", "-img", results["data"]["images"],
+                        "-djfile", results["data"]["dataset_json"]])
+    assert code == 0
+    for name in ("report.md", "tables.csv", "per_case.csv", "tables.tex"):
+        assert os.path.getsize(os.path.join(out, name)) > 100
+    for name in ("dice_per_class.png", "dice_per_modality_boxplot.png", "hd95_per_class.png", "qualitative.png"):
+        h, w, _ = read_png_shape(os.path.join(out, name))
+        assert h > 300 and w > 300
+    # qualitative figure: 2 rows (CT, MR) x (image, ground truth, 2 settings) panels -> wider than tall
+    h, w, _ = read_png_shape(os.path.join(out, "qualitative.png"))
+    assert w > 1.3 * h
+
+    md = open(os.path.join(out, "report.md")).read()
+    assert md.startswith("# Toy table")
+    # rows in report_settings.json order with display names, one table per modality
+    ct_table = md.split("**Dice (%), CT**")[1].split("**Dice (%), MR**")[0]
+    assert ct_table.index("| Baseline |") < ct_table.index("| Ours |")
+    tex = open(os.path.join(out, "tables.tex")).read()
+    assert r"\multicolumn{4}{c}{CT}" in tex and r"\multicolumn{4}{c}{MR}" in tex
+
+
+def test_table_cells_are_mean_and_std_over_folds_of_per_fold_means(results):
+    import pandas as pd
+    out = str(results["root"] / "out2")
+    assert report_main([results["results"], "-o", out]) == 0
+    stats = pd.read_csv(os.path.join(out, "tables.csv"))
+    # recompute "Ours", MR, organ2 by hand from the summaries
+    per_fold = []
+    for fold in (0, 1):
+        summary = json.load(open(os.path.join(results["results"], "good", f"fold_{fold}", "summary.json")))
+        values = [c["metrics"]["2"]["Dice"] for c in summary["metric_per_case"] if c["modality"] == "MR"]
+        per_fold.append(np.nanmean(values))
+    row = stats[(stats.setting == "Ours") & (stats.modality == "MR") & (stats.label_name == "organ2")].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(per_fold)) and row["std"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert row["n_folds"] == 2
+    md = open(os.path.join(out, "report.md")).read()
+    assert f"{100 * np.mean(per_fold):.2f} ± {100 * np.std(per_fold, ddof=1):.2f}" in md
+    # the better setting is bold in the Avg column
+    avg = stats[(stats.label_name == "Avg") & (stats.modality == "CT")].set_index("setting")["mean"]
+    assert avg["Ours"] > avg["Baseline"]
+    assert f"**{100 * avg['Ours']:.2f}" in md
+
+
+def test_nnunet_results_folder_with_nnunets_own_summaries(results, tmp_path):
+    # nnUNet_results/DatasetXXX layout: <trainer>/fold_0/validation/summary.json from nnU-Net's evaluation (no
+    # modality, no case ids) and dataset.json in the trainer folder: modalities come from that dataset.json
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    trainer = tmp_path / "Dataset001_Toy" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    os.makedirs(trainer / "fold_0" / "validation")
+    compute_metrics_on_folder(results["data"]["labels"], results["data"]["predictions"]["good"][0],
+                              str(trainer / "fold_0" / "validation" / "summary.json"), SimpleITKIO(), ".nii.gz",
+                              [1, 2, 3], None, 1)
+    with open(results["data"]["dataset_json"]) as f:
+        dataset = json.load(f)
+    json.dump(dataset, open(trainer / "dataset.json", "w"))
+    df = load_case_metrics(str(tmp_path / "Dataset001_Toy"))
+    assert set(df["setting"]) == {"nnUNetTrainer__nnUNetPlans__3d_fullres"}
+    modality_by_case = df.drop_duplicates("case_id").set_index("case_id")["modality"].to_dict()
+    assert modality_by_case == {c: dataset["case_modalities"][c] for c in modality_by_case}
+    assert set(df["label_name"]) == {"organ1", "organ2", "organ3"}
