@@ -1,0 +1,114 @@
+"""MulModSeg's text-conditioned segmentation head: controller + dynamic 1x1 convolutions.
+
+For every sample b and class k the controller turns [pooled bottleneck features of b ; text embedding
+of (modality of b, class k)] into theta_bk: the weights and biases of three 1x1(x1) convolutions with
+8, 8 and 1 output channels. These are applied to an 8-channel feature map of sample b and give one
+logit map per class. All (sample, class) heads run at once as grouped convolutions.
+
+Shapes (S = spatial dims, 2 or 3 of them):
+    pooled   [B, C_bottleneck]
+    text     [B, K, D]
+    params   [B, K, 153]        (153 = 8*8 + 8*8 + 8*1 weights + 8 + 8 + 1 biases)
+    features [B, 8, *S]
+    logits   [B, K, *S]
+
+Parameter layout inside the 153 (as in the authors' code): weights of layer 1, 2, 3, then biases of
+layer 1, 2, 3. Each weight block is [out, in] row-major.
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+HEAD_CHANNELS = 8
+# (in, out) of the three dynamic 1x1 convolutions.
+DYNAMIC_LAYERS = ((HEAD_CHANNELS, 8), (8, 8), (8, 1))
+WEIGHT_NUMS = [i * o for i, o in DYNAMIC_LAYERS]
+BIAS_NUMS = [o for _, o in DYNAMIC_LAYERS]
+NUM_DYNAMIC_PARAMS = sum(WEIGHT_NUMS) + sum(BIAS_NUMS)  # 153
+
+
+class MulModSegController(nn.Module):
+    """[pooled image features ; class text embedding] -> dynamic head parameters.
+
+    Image branch: Linear(C_bottleneck -> hidden) on globally pooled bottleneck features (the bottleneck
+    of nnU-Net's U-Nets already ends in norm + nonlinearity, so the authors' GroupNorm + ReLU before the
+    pooling is not repeated). Text branch: Linear(D -> hidden) + ReLU. Controller: Linear(2*hidden -> 153),
+    which is the authors' 1x1 conv on the concatenation.
+    """
+
+    def __init__(self, bottleneck_channels: int, embed_dim: int, hidden: int = 256):
+        super().__init__()
+        self.image_proj = nn.Linear(bottleneck_channels, hidden)
+        self.text_proj = nn.Linear(embed_dim, hidden)
+        self.controller = nn.Linear(2 * hidden, NUM_DYNAMIC_PARAMS)
+
+    def forward(self, pooled: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """pooled [B, C], text [B, K, D] -> params [B, K, 153]."""
+        b, k, _ = text.shape
+        image = self.image_proj(pooled)[:, None, :].expand(b, k, -1)
+        text = F.relu(self.text_proj(text))
+        return self.controller(torch.cat((image, text), dim=-1))
+
+
+def split_dynamic_params(params: torch.Tensor) -> tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """params [B, K, 153] -> (weights, biases); weights[l] [B*K*out_l, in_l], biases[l] [B*K*out_l]."""
+    b, k, p = params.shape
+    assert p == NUM_DYNAMIC_PARAMS, f"expected {NUM_DYNAMIC_PARAMS} dynamic parameters, got {p}"
+    chunks = torch.split(params, WEIGHT_NUMS + BIAS_NUMS, dim=-1)
+    weights, biases = [], []
+    for layer, (n_in, n_out) in enumerate(DYNAMIC_LAYERS):
+        weights.append(chunks[layer].reshape(b * k * n_out, n_in))
+        biases.append(chunks[len(DYNAMIC_LAYERS) + layer].reshape(b * k * n_out))
+    return weights, biases
+
+
+def _apply_dynamic_convs(features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    b, c = features.shape[:2]
+    k = params.shape[1]
+    spatial = features.shape[2:]
+    conv = F.conv3d if len(spatial) == 3 else F.conv2d
+    ones = (1,) * len(spatial)
+    weights, biases = split_dynamic_params(params.to(features.dtype))
+    x = features.reshape(1, b * c, *spatial)
+    # layer 1: one group per sample (its 8 channels) -> K*8 outputs per sample
+    # layers 2, 3: one group per (sample, class)
+    groups = (b, b * k, b * k)
+    for layer, (w, bias) in enumerate(zip(weights, biases)):
+        x = conv(x, w.reshape(*w.shape, *ones), bias, groups=groups[layer])
+        if layer < len(DYNAMIC_LAYERS) - 1:
+            x = F.relu(x)
+    return x.reshape(b, k, *spatial)
+
+
+def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio: float = 2.0) -> torch.Tensor:
+    """Applies the per-(sample, class) dynamic convolutions. features [B, 8, *S], params [B, K, 153] -> [B, K, *S].
+
+    The hidden maps of all heads together have B*K*8 channels at the feature map's resolution, which
+    for 14 classes is far more memory than the whole last decoder stage. The heads are 1x1 convolutions,
+    i.e. pointwise, so the map is processed in slabs along its last axis; while training each slab is
+    checkpointed (its hidden maps are recomputed in the backward pass instead of stored). The hidden maps
+    alive at any time are then at most ``max_hidden_ratio`` times the size of ``features``. The result is
+    exactly the same as a single pass.
+    """
+    if features.shape[1] != HEAD_CHANNELS:
+        raise ValueError(f"dynamic head expects {HEAD_CHANNELS}-channel features, got {features.shape[1]}")
+    k = params.shape[1]
+    hidden_per_feature = k * DYNAMIC_LAYERS[0][1] / HEAD_CHANNELS  # hidden channels per feature channel
+    n_slabs = min(features.shape[-1], max(1, math.ceil(hidden_per_feature / max_hidden_ratio)))
+    needs_grad = torch.is_grad_enabled() and (features.requires_grad or params.requires_grad)
+    if n_slabs == 1:
+        return _apply_dynamic_convs(features, params)
+    slab = math.ceil(features.shape[-1] / n_slabs)
+    outputs = []
+    for part in torch.split(features, slab, dim=-1):
+        if needs_grad:
+            outputs.append(checkpoint(_apply_dynamic_convs, part, params, use_reentrant=False))
+        else:
+            outputs.append(_apply_dynamic_convs(part, params))
+    return torch.cat(outputs, dim=-1)

@@ -1,0 +1,10 @@
+"""MulModSeg trainers, as found by nnU-Net's trainer search (-tr NAME)."""
+from nnunet_mulmod.training.mulmodseg_trainer import (  # noqa: F401
+    nnUNetTrainerALT,
+    nnUNetTrainerCTOnly,
+    nnUNetTrainerMROnly,
+    nnUNetTrainerMulModSeg,
+    nnUNetTrainerMulModSegNoALT,
+    nnUNetTrainerMulModSegOneHot,
+)
+from nnunet_mulmod.training.short_schedules import *  # noqa: F401,F403
