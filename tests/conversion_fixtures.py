@@ -40,7 +40,8 @@ def nnunet_env(tmp_path, monkeypatch) -> Dict[str, str]:
 def run_cli(args: Sequence[str], env: Dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     """Runs a console script of the venv as a user would."""
     command = [str(BIN / args[0]), *map(str, args[1:])]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8",
+                            errors="replace", timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
