@@ -72,7 +72,10 @@ def as_label_map(segmentation: np.ndarray, which: str) -> np.ndarray:
     """Integer copy of a label map (nnU-Net's readers return float32); non-integral values are an error."""
     if np.issubdtype(segmentation.dtype, np.integer):
         return segmentation
-    labels = segmentation.astype(np.int32)
+    lo, hi = segmentation.min(), segmentation.max()
+    # the smallest type that holds the values: cheaper copies and confusion-matrix passes
+    dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int16 if -2 ** 15 <= lo and hi < 2 ** 15 else np.int64
+    labels = segmentation.astype(dtype)
     if not np.array_equal(labels, segmentation):
         bad = np.unique(segmentation[labels != segmentation])[:10]
         raise LabelValueError(which, bad)
