@@ -36,12 +36,14 @@ def _read_dataset_json(path: str) -> dict:
 
 def build_text_table(dataset_json: Union[str, Mapping], encoder_spec: Optional[Mapping] = None,
                      template: str = DEFAULT_TEMPLATE, name_overrides: Optional[Mapping[str, str]] = None,
-                     device: str = "cpu", batch_size: int = 64) -> TextEmbeddingTable:
+                     device: str = "cpu", batch_size: int = 64,
+                     modality_overrides: Optional[Mapping[str, str]] = None) -> TextEmbeddingTable:
     """The text-embedding table of a dataset (dataset.json as a dict or a file path).
 
     ``encoder_spec``: see nnunet_mulmod.text.encoders (default CLIP ViT-B/32, OpenAI weights);
     ``template``: 'V1'/'V2'/'V3' or a custom text with {cls} and optionally {modality};
-    ``name_overrides``: {label_name: prompt name}. The table records prompts, template, encoder
+    ``name_overrides``: {label_name: prompt name}; ``modality_overrides``: {modality: prompt text}
+    (default 'MR-T1' -> 'MR T1'). The table records prompts, template, encoder
     (resolved spec: backend, D, token limit, library version), class and modality order.
     """
     if isinstance(dataset_json, (str, os.PathLike)):
@@ -51,7 +53,7 @@ def build_text_table(dataset_json: Union[str, Mapping], encoder_spec: Optional[M
     spec = resolve_spec(encoder_spec or DEFAULT_ENCODER_SPEC)
     if spec["type"] == "onehot":
         return one_hot_table(dataset_json)
-    prompts, template_name, template_text = build_prompts(dataset_json, template, name_overrides)
+    prompts, template_name, template_text = build_prompts(dataset_json, template, name_overrides, modality_overrides)
     encoder = load_text_encoder(spec, device)
     flat = [p for row in prompts for p in row]
     embeddings = encoder.encode(flat, batch_size=batch_size).reshape(len(prompts), len(prompts[0]), -1)
@@ -109,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="custom prompt template with {cls} and optionally {modality}, e.g. "
                           "'A {modality} scan showing the {cls}.'")
     p.add_argument("--names", default=None, help="JSON file {label_name: prompt name} overriding readable names")
+    p.add_argument("--modality_names", default=None,
+                   help="JSON file {modality: prompt text} overriding how modalities are written in prompts "
+                        "(default: 'MR-T1' -> 'MR T1'), e.g. {\"CT\": \"computed tomography imaging\"}")
     p.add_argument("-o", dest="output", default=None,
                    help="output file (default $nnUNet_preprocessed/<name>/mulmod_text_table.pt; with --dataset_json: "
                         "next to that file; $nnUNet_mulmod_text_table overrides both)")
@@ -127,10 +132,10 @@ def _run(args: argparse.Namespace) -> str:
                              os.environ.get("nnUNet_mulmod_text_table") else None)
     if output is None:
         raise TextTableError("$nnUNet_preprocessed is not set, so there is no default output location: pass -o.")
-    if args.encoder == "onehot" and (args.model or args.pretrained or args.names or args.custom_template
-                                     or args.no_normalize):
-        raise TextTableError("--model, --pretrained, --names, --custom_template and --no_normalize have no meaning "
-                             "with --encoder onehot (it embeds no text).")
+    if args.encoder == "onehot" and (args.model or args.pretrained or args.names or args.modality_names
+                                     or args.custom_template or args.no_normalize):
+        raise TextTableError("--model, --pretrained, --names, --modality_names, --custom_template and --no_normalize "
+                             "have no meaning with --encoder onehot (it embeds no text).")
     if args.encoder == "hf" and args.pretrained:
         raise TextTableError("--pretrained is for open_clip only; with --encoder hf pass the model id or folder "
                              "as --model.")
@@ -142,12 +147,14 @@ def _run(args: argparse.Namespace) -> str:
         if args.pretrained:
             spec["pretrained"] = args.pretrained
     overrides = load_name_overrides(args.names) if args.names else None
+    modality_overrides = load_name_overrides(args.modality_names) if args.modality_names else None
     template = args.custom_template if args.custom_template is not None else args.template
 
     dataset_json = _read_dataset_json(dataset_json_path)
     print(f"dataset.json: {dataset_json_path}")
     print(f"loading encoder: {describe(resolve_spec(spec))}")
-    table = build_text_table(dataset_json, spec, template, overrides, device=args.device)
+    table = build_text_table(dataset_json, spec, template, overrides, device=args.device,
+                             modality_overrides=modality_overrides)
     table.save(output)
 
     m, k, d = table.embeddings.shape

@@ -64,7 +64,7 @@ _USER_KEYS = {
 _RECORD_KEYS = {"backend", "embed_dim", "max_tokens", "quick_gelu", "library_version"}
 
 
-class TextEncoderError(RuntimeError):
+class TextEncoderError(ValueError):
     """An encoder spec is invalid or its weights cannot be loaded. The message says what to pass instead."""
 
 

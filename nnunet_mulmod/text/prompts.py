@@ -1,7 +1,8 @@
 """Prompt texts for a dataset's text-embedding table: readable class names and the paper's templates.
 
 One prompt per (modality, class): ``template.format(modality=modality_prompt_text(m), cls=name)``,
-where ``name`` is the readable form of the dataset.json label name.
+where ``name`` is the readable form of the dataset.json label name (modality texts can be overridden
+too: ``{"CT": "computed tomography imaging"}``).
 
 Readable names, in this order (first match wins):
 
@@ -100,7 +101,7 @@ def readable_class_name(label_name: str) -> str:
 
 
 def load_name_overrides(path: str) -> Dict[str, str]:
-    """Reads a ``{label_name: prompt_name}`` JSON file (``--names``)."""
+    """Reads a ``{label_name: prompt_name}`` JSON file (``--names``; also ``--modality_names``)."""
     if not os.path.isfile(path):
         raise PromptError(f"Name override file {path} does not exist. It must be a JSON object "
                           f'{{"label_name": "prompt name", ...}}.')
@@ -150,15 +151,28 @@ def resolve_template(template: str) -> Tuple[str, str]:
     return "custom", template
 
 
+def modality_prompt_names(dataset_json: Mapping, modality_overrides: Optional[Mapping[str, str]] = None) -> List[str]:
+    """How each modality is written in prompts: 'MR-T1' -> 'MR T1', unless overridden ({'CT': 'computed tomography'})."""
+    modalities = get_modalities(dataset_json)
+    modality_overrides = dict(modality_overrides or {})
+    unknown = sorted(set(modality_overrides) - set(modalities))
+    if unknown:
+        raise PromptError(f"Modality name overrides for modalities that are not in dataset.json: {unknown}. "
+                          f"The dataset's modalities are {modalities}.")
+    return [modality_overrides.get(m, modality_prompt_text(m)) for m in modalities]
+
+
 def build_prompts(dataset_json: Mapping, template: str = DEFAULT_TEMPLATE,
-                  name_overrides: Optional[Mapping[str, str]] = None) -> Tuple[List[List[str]], str, str]:
+                  name_overrides: Optional[Mapping[str, str]] = None,
+                  modality_overrides: Optional[Mapping[str, str]] = None) -> Tuple[List[List[str]], str, str]:
     """Prompts of a dataset's text table.
 
     Returns ``(prompts, template_name, template_text)``; ``prompts[m][k]`` is the text for modality
     ``dataset_json['modalities'][m]`` and class ``k`` (label value order, background included).
+    ``name_overrides``: {label_name: prompt name}; ``modality_overrides``: {modality: prompt text}.
     """
     template_name, template_text = resolve_template(template)
-    modalities = get_modalities(dataset_json)
+    modality_texts = modality_prompt_names(dataset_json, modality_overrides)
     names = class_prompt_names(dataset_json, name_overrides)
-    prompts = [[template_text.format(modality=modality_prompt_text(m), cls=n) for n in names] for m in modalities]
+    prompts = [[template_text.format(modality=m, cls=n) for n in names] for m in modality_texts]
     return prompts, template_name, template_text
