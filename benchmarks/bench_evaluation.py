@@ -6,6 +6,9 @@ same number of worker processes and the same (spawn) pool start-up included:
   2. evaluate_folder(..., surface_metrics=False)  (Dice/IoU/RVD-only mode; target <= 1.2x of 1.)
   3. evaluate_folder(..., surface_metrics=True)   (adds HD95 and ASSD; the extra cost is reported)
 Each is run --repeats times, interleaved; the median is reported. Also checks that both give the same Dice.
+Because the folder-level times include the worker pools' start-up (nnU-Net's spawned workers import torch), the
+per-case work is also timed in-process, one case after the other, without pools:
+  4. nnU-Net's compute_metrics per case vs our evaluate_case per case (Dice-only, then with surface distances).
 
     python benchmarks/bench_evaluation.py [-n 30] [-s 64] [-c 5] [-np 2] [--repeats 3]
 """
@@ -30,9 +33,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from evaluation.evaluate_folder import evaluate_folder
+    from evaluation.evaluate_folder import evaluate_case, evaluate_folder, labels_from_dataset_json, load_dataset_json
     from evaluation.synthetic import make_synthetic_dataset
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics, compute_metrics_on_folder
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,6 +54,17 @@ def main() -> int:
                                                            num_processes=args.np, surface_metrics=True,
                                                            progress=False),
         }
+        rw = SimpleITKIO()
+        cases = sorted(f for f in os.listdir(ref) if f.endswith(".nii.gz"))
+        labels_or_regions, ignore, allowed, _ = labels_from_dataset_json(load_dataset_json(dj))
+        runs["no pool, case by case: nnU-Net compute_metrics"] = lambda: [
+            compute_metrics(os.path.join(ref, c), os.path.join(pred, c), rw, labels) for c in cases]
+        runs["no pool, case by case: ours, Dice/IoU only"] = lambda: [
+            evaluate_case(c, os.path.join(ref, c), os.path.join(pred, c), rw, labels_or_regions, allowed, ignore,
+                          False) for c in cases]
+        runs["no pool, case by case: ours, with HD95/ASSD"] = lambda: [
+            evaluate_case(c, os.path.join(ref, c), os.path.join(pred, c), rw, labels_or_regions, allowed, ignore,
+                          True) for c in cases]
         times = {k: [] for k in runs}
         results = {}
         for _ in range(args.repeats):
@@ -63,13 +77,19 @@ def main() -> int:
     ours_dice = results["ours, Dice/IoU only"]["foreground_mean"]["Dice"]
     assert np.isclose(nnunet_dice, ours_dice), (nnunet_dice, ours_dice)
 
-    base = statistics.median(times["nnU-Net compute_metrics_on_folder"])
     print(f"{args.n} cases of {args.s}^3, {args.c} classes, -np {args.np}, median of {args.repeats} runs "
           f"(foreground Dice {ours_dice:.4f}, identical in both)")
-    for name, t in times.items():
-        print(f"  {name:<36} {statistics.median(t):7.2f} s   {statistics.median(t) / base:5.2f}x nnU-Net")
-    dice_only, full = statistics.median(times["ours, Dice/IoU only"]), statistics.median(times["ours, with HD95/ASSD"])
-    print(f"  surface distances add {full - dice_only:.2f} s ({(full - dice_only) / args.n * 1000:.0f} ms per case)")
+    median = {k: statistics.median(t) for k, t in times.items()}
+    base = median["nnU-Net compute_metrics_on_folder"]
+    base_in_process = median["no pool, case by case: nnU-Net compute_metrics"]
+    for name, t in median.items():
+        reference = base_in_process if name.startswith("no pool") else base
+        print(f"  {name:<46} {t:7.2f} s   {t / reference:5.2f}x nnU-Net")
+    extra = median["ours, with HD95/ASSD"] - median["ours, Dice/IoU only"]
+    extra_in_process = (median["no pool, case by case: ours, with HD95/ASSD"]
+                        - median["no pool, case by case: ours, Dice/IoU only"])
+    print(f"  surface distances add {extra:.2f} s to the folder ({extra_in_process / args.n * 1000:.0f} ms per case "
+          f"in-process)")
     return 0
 
 
