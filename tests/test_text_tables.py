@@ -194,6 +194,9 @@ def test_missing_weights_errors_say_how_to_pass_local_files(tmp_path, monkeypatc
         encode_texts(["x"], {"type": "hf", "model": "not-a-cached-org/biobert", "cache_dir": empty_cache})
     with pytest.raises(TextEncoderError, match="does not exist"):
         encode_texts(["x"], {"type": "open_clip", "pretrained": str(tmp_path / "missing.bin")})
+    (tmp_path / "not_a_model").mkdir()
+    with pytest.raises(TextEncoderError, match="not a Hugging Face model folder"):
+        encode_texts(["x"], {"type": "hf", "model": str(tmp_path / "not_a_model")})
     with pytest.raises(TextEncoderError, match="neither an open_clip pretrained tag"):
         encode_texts(["x"], {"type": "open_clip", "pretrained": "no_such_tag"})
     with pytest.raises(TextEncoderError, match=r"Unknown key\(s\) \['pretained'\]"):

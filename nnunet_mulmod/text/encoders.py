@@ -326,6 +326,10 @@ def _load_hf(spec: dict, device: torch.device) -> TextEncoder:
     local = os.path.isdir(model_ref)
     if not local and _looks_like_path(model_ref):
         raise TextEncoderError(f"Model folder {model_ref} does not exist (or is not a folder).")
+    if local and not any(os.path.isfile(os.path.join(model_ref, f)) for f in ("config.json", "modules.json")):
+        raise TextEncoderError(f"{model_ref} has neither config.json (transformers) nor modules.json "
+                               f"(sentence-transformers): it is not a Hugging Face model folder. Download the model "
+                               f"with 'huggingface-cli download <id> --local-dir {model_ref}'.")
     offline = _hub_offline() and not local
     try:
         if _hf_is_sentence_transformers(model_ref, local, cache_dir):
@@ -356,20 +360,21 @@ def _load_hf(spec: dict, device: torch.device) -> TextEncoder:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             backend = "transformers_mean_pooling"
+        with torch.inference_mode():
+            embed_dim = int(encode_batch(["a"]).shape[-1])  # also checks that the model runs on text alone
     except TextEncoderError:
         raise
     except Exception as e:  # hub/network errors, missing files, unsupported architectures
         if local:
-            raise TextEncoderError(f"Cannot load the Hugging Face model in {model_ref}: {e}. The folder must hold a "
-                                   f"transformers model (config.json, weights, tokenizer files) or a "
-                                   f"sentence-transformers model (modules.json).") from e
+            raise TextEncoderError(f"Cannot load or run the Hugging Face model in {model_ref}: {e}. The folder must "
+                                   f"hold a text encoder: a transformers model (config.json, weights, tokenizer "
+                                   f"files) or a sentence-transformers model (modules.json). For CLIP models use "
+                                   f"the open_clip encoder.") from e
         raise _missing_weights_error(f"Hugging Face model '{model_ref}'", _hf_fix(model_ref), e) from e
 
     def count_tokens(text: str) -> int:
         return len(tokenizer(text, truncation=False)["input_ids"])
 
-    with torch.inference_mode():
-        embed_dim = int(encode_batch(["a"]).shape[-1])
     import transformers
     record = dict(spec, backend=backend, embed_dim=int(embed_dim), max_tokens=int(max_tokens),
                   library_version=f"transformers {transformers.__version__}")
@@ -401,6 +406,8 @@ def encode_texts(texts: List[str], spec: Mapping, device: str = "cpu", batch_siz
     Deterministic (eval mode, no dropout): the same text always gives the same row. See the module
     docstring for spec keys, truncation, normalisation and offline behaviour.
     """
+    if isinstance(texts, str):
+        raise TextEncoderError("encode_texts expects a list of strings, not one string.")
     return load_text_encoder(spec, device).encode(list(texts), batch_size=batch_size)
 
 
