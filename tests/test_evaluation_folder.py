@@ -164,3 +164,20 @@ def test_real_ct_labels_shifted_by_one_slice(tmp_path):
         assert m["Dice"] == pytest.approx(theirs["metric_per_case"][0]["metrics"][label]["Dice"])
         assert 0 < m["HD95"] <= 3.0 + 1e-6 and 0 < m["ASSD"] <= 3.0 + 1e-6
     assert summary["per_modality"]["CT"]["n_cases"] == 1
+
+
+def test_region_based_dataset_uses_nnunets_region_keys(dataset, tmp_path):
+    # BraTS-style regions: "whole" = labels 1-3, "core" = 2-3; keys are nnU-Net's str(tuple)
+    from nnunetv2.evaluation.evaluate_predictions import load_summary_json
+    region_json = dict(json.load(open(dataset["dataset_json"])),
+                       labels={"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3},
+                       regions_class_order=[1, 2, 3])
+    out = str(tmp_path / "regions.json")
+    summary = evaluate_folder(dataset["labels"], pred_folder(dataset), region_json, out, num_processes=1,
+                              progress=False)
+    assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "(3,)"}
+    assert summary["nnunet_mulmod"]["label_names"]["(2, 3)"] == "core"
+    case = summary["metric_per_case"][0]["metrics"]
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(summary["metric_per_case"][0]["reference_file"]))
+    assert case["(1, 2, 3)"]["n_ref"] == int((ref > 0).sum()) and case["(2, 3)"]["n_ref"] == int((ref >= 2).sum())
+    assert set(load_summary_json(out)["mean"]) == {(1, 2, 3), (2, 3), (3,)}
