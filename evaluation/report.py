@@ -151,6 +151,12 @@ def load_case_metrics(results_folder: str, settings: Optional[Sequence[str]] = N
         ds = dataset_json if dataset_json is not None else _nearest_dataset_json(s["path"], results_folder)
         frames.append(summary_to_frame(summary, display[s["setting"]], s["fold"], ds))
     df = pd.concat(frames, ignore_index=True)
+    label_sets = df.groupby("setting")["label_name"].agg(lambda v: tuple(sorted(set(v))))
+    if label_sets.nunique() > 1:
+        shown = "; ".join(f"{s}: {list(v)}" for s, v in label_sets.items())
+        raise EvaluationError(f"The settings under {results_folder} were evaluated with different label sets ({shown}): "
+                              f"a results folder from another dataset? Keep one dataset per report, or pick the "
+                              f"settings with --settings.")
     df["setting"] = pd.Categorical(df["setting"], categories=names, ordered=True)
     return df
 

@@ -97,3 +97,18 @@ def test_nnunet_results_folder_with_nnunets_own_summaries(results, tmp_path):
     modality_by_case = df.drop_duplicates("case_id").set_index("case_id")["modality"].to_dict()
     assert modality_by_case == {c: dataset["case_modalities"][c] for c in modality_by_case}
     assert set(df["label_name"]) == {"organ1", "organ2", "organ3"}
+
+
+def test_results_of_another_dataset_in_the_same_folder_are_named(results, tmp_path):
+    import shutil
+    folder = tmp_path / "mixed"
+    shutil.copytree(results["results"], folder)
+    summary_file = folder / "good" / "fold_0" / "summary.json"
+    summary = json.load(open(summary_file))
+    summary["nnunet_mulmod"]["label_names"] = {"1": "tumour", "2": "edema", "3": "necrosis"}
+    json.dump(summary, open(summary_file, "w"))
+    assert report_main([str(folder), "-o", str(tmp_path / "o")]) == 1
+    # the CLI names the settings and their label sets
+    from evaluation.evaluate_folder import EvaluationError
+    with pytest.raises(EvaluationError, match="different label sets.*tumour"):
+        load_case_metrics(str(folder))
