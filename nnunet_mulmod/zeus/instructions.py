@@ -82,8 +82,9 @@ def template_instruction(modality: str, class_name: str, all_classes: Sequence[s
 def _load_hf(model: str, kind: str, allow_download: bool, device: str):
     """Loads (model, tokenizer-or-processor); a clear error when it is not available offline."""
     import transformers
-    is_folder = os.path.isdir(model)
-    if os.path.sep in model and not is_folder:
+    # A hub id is 'org/name'; anything else with a separator is meant as a folder.
+    looks_like_path = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
+    if looks_like_path and not os.path.isdir(model):
         raise ZeusInstructionError(f"Language model folder {model} does not exist.")
     try:
         if kind == "vlm":
