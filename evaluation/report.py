@@ -319,7 +319,7 @@ def plot_class_bars(stats: pd.DataFrame, output_file: str) -> str:
         if hasattr(stats["setting"], "cat") else list(dict.fromkeys(stats["setting"]))
     n_labels = max(len(wide_table(stats, m)["mean"].columns) for m in modalities)
     fig, axes = plt.subplots(len(modalities), 1, squeeze=False,
-                             figsize=(max(6.0, 0.35 * n_labels * max(len(settings), 2) + 2), 3.4 * len(modalities)))
+                             figsize=(min(max(6.0, 0.25 * n_labels * max(len(settings), 2) + 2), 16.0), 3.4 * len(modalities)))
     colors = plt.get_cmap("tab10")
     width = 0.8 / len(settings)
     for ax, modality in zip(axes[:, 0], modalities):
@@ -329,9 +329,10 @@ def plot_class_bars(stats: pd.DataFrame, output_file: str) -> str:
             if setting not in t["mean"].index:
                 continue
             std = t["std"].loc[setting].to_numpy(dtype=float)
+            has_spread = np.isfinite(std).any()  # one fold: no error bars rather than zero-length ones
             ax.bar(x + (i - (len(settings) - 1) / 2) * width, t["mean"].loc[setting].to_numpy(dtype=float), width,
-                   yerr=np.where(np.isfinite(std), std, 0), capsize=2, label=setting, color=colors(i % 10),
-                   error_kw={"elinewidth": 0.8})
+                   yerr=np.where(np.isfinite(std), std, 0) if has_spread else None, capsize=2 if has_spread else 0,
+                   label=setting, color=colors(i % 10), error_kw={"elinewidth": 0.8})
         ax.set_xticks(x)
         ax.set_xticklabels(t["mean"].columns, rotation=30, ha="right")
         ax.set_ylabel(f"{metric}{_unit(metric)}")
@@ -405,16 +406,34 @@ def _display_window(image_slice: np.ndarray, modality: str):
     return np.percentile(image_slice, 1), np.percentile(image_slice, 99)
 
 
+# Colours that stay visible on dark and bright image regions (no grey, no near-black), tab10 first.
+_LABEL_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+                  "#ffd700", "#00e676", "#ff1493", "#40c4ff", "#c6ff00", "#ff5722", "#b388ff", "#00bfa5", "#f06292",
+                  "#795548", "#ffab40"]
+
+
 def label_colors(n_labels: int) -> np.ndarray:
-    """RGB per label value (index 0 unused): tab10, then tab20b/c for more classes."""
-    import matplotlib
-    palette = list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20b"].colors) + \
-        list(matplotlib.colormaps["tab20c"].colors)
-    return np.array([(0, 0, 0)] + [palette[i % len(palette)] for i in range(n_labels)])
+    """RGB per label value (index 0 unused)."""
+    from matplotlib.colors import to_rgb
+    return np.array([(0.0, 0.0, 0.0)] + [to_rgb(_LABEL_PALETTE[i % len(_LABEL_PALETTE)]) for i in range(n_labels)])
+
+
+def _overlay(seg: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
+    """RGBA image: labels filled with `alpha`, their outlines opaque (readable where colours meet the image)."""
+    overlay = np.zeros(seg.shape + (4,))
+    inside = seg > 0
+    overlay[inside, :3] = colors[seg[inside]]
+    overlay[inside, 3] = alpha
+    edge = np.zeros_like(inside)
+    for axis in range(seg.ndim):
+        for shift in (1, -1):
+            edge |= seg != np.roll(seg, shift, axis=axis)
+    overlay[inside & edge, 3] = 1.0
+    return overlay
 
 
 def plot_qualitative(df: pd.DataFrame, image_folder: str, dataset_json: Mapping, output_file: str,
-                     cases: Optional[Sequence[str]] = None, channel: int = 0, alpha: float = 0.5) -> str:
+                     cases: Optional[Sequence[str]] = None, channel: int = 0, alpha: float = 0.4) -> str:
     """MulModSeg Figure 2: per case (one row; default one per modality) the image, the ground truth and each
     setting's prediction on the same axial slice (the one with most reference foreground), labels as colour
     overlays, with the case's class-averaged Dice written on each prediction."""
@@ -468,11 +487,8 @@ def plot_qualitative(df: pd.DataFrame, image_folder: str, dataset_json: Mapping,
                 ax.text(0.5, 0.5, "no prediction", ha="center", va="center", color="white",
                         transform=ax.transAxes, fontsize=9)
             elif seg is not None:
-                overlay = np.zeros(seg.shape + (4,))
-                inside = (seg > 0) & (seg <= max(label_values))
-                overlay[inside, :3] = colors[seg[inside]]
-                overlay[inside, 3] = alpha
-                ax.imshow(overlay, aspect=aspect, interpolation="nearest")
+                seg = np.where(seg <= max(label_values), seg, 0)
+                ax.imshow(_overlay(seg, colors, alpha), aspect=aspect, interpolation="nearest")
             if col >= 2 and (settings[col - 2], case_id) in dice.index:
                 ax.text(0.03, 0.97, f"Dice {100 * dice[(settings[col - 2], case_id)]:.1f}", transform=ax.transAxes,
                         ha="left", va="top", color="white", fontsize=8,
