@@ -72,6 +72,8 @@ setup(
             "nnunet_mulmod_evaluate=evaluation.evaluate_folder:main",
             "nnunet_mulmod_report=evaluation.report:main",
             "nnunet_mulmod_compare=evaluation.compare:main",
+            "nnunet_mulmod_zeus_instructions=nnunet_mulmod.zeus.instructions:main",
+            "nnunet_mulmod_zeus_embed=nnunet_mulmod.zeus.instruction_table:main",
         ],
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
