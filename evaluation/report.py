@@ -400,6 +400,17 @@ def _representative_cases(df: pd.DataFrame) -> Dict[str, str]:
     return out
 
 
+def _display_orientation(props: Mapping):
+    """Flips for a radiological axial view (patient's right on the left of the screen, anterior up) when the
+    reader gives a direction matrix (SimpleITK) and the image is close to axis-aligned; identity otherwise."""
+    direction = props.get("sitk_stuff", {}).get("direction")
+    if direction is None or len(direction) != 9:
+        return lambda a: a
+    d = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes x, y, z in LPS
+    flip_x, flip_y = d[0, 0] < -0.5, d[1, 1] < -0.5
+    return lambda a: a[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+
+
 def _display_window(image_slice: np.ndarray, modality: str):
     if modality_family(modality) == "CT":
         return -160, 240  # abdominal soft-tissue window (W400, L40)
@@ -453,9 +464,8 @@ def plot_qualitative(df: pd.DataFrame, image_folder: str, dataset_json: Mapping,
     example = os.path.join(image_folder, f"{cases[0]}_{channel:04d}{file_ending}")
     reader = reader_writer_for(dataset_json, example)
 
-    n_cols = 2 + len(settings)
-    fig, axes = plt.subplots(len(cases), n_cols, squeeze=False, figsize=(2.3 * n_cols, 2.5 * len(cases) + 0.6))
-    for row, case_id in enumerate(cases):
+    rows = []
+    for case_id in cases:
         image_file = os.path.join(image_folder, f"{case_id}_{channel:04d}{file_ending}")
         if not os.path.isfile(image_file):
             raise EvaluationError(f"Image of case {case_id} not found: {image_file}. Pass the folder with the "
@@ -468,21 +478,33 @@ def plot_qualitative(df: pd.DataFrame, image_folder: str, dataset_json: Mapping,
         reference, _ = reader.read_seg(case_rows["reference_file"].iloc[0])
         image, reference = image[0], reference[0].astype(np.int32)
         z = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(1)))
-        spacing = props["spacing"]
-        aspect = spacing[1] / spacing[2] if len(spacing) == 3 else 1.0
-        modality = case_rows["modality"].iloc[0]
-        vmin, vmax = _display_window(image[z], modality)
-        panels = [("Image", None), ("Ground truth", reference[z])]
+        orient = _display_orientation(props)
+        panels = [("Image", None), ("Ground truth", orient(reference[z]))]
         for setting in settings:
             key = (setting, case_id)
             pred_file = files.loc[key, "prediction_file"] if key in files.index else None
-            if pred_file is None or (isinstance(pred_file, float)) or not os.path.isfile(pred_file):
+            if pred_file is None or isinstance(pred_file, float) or not os.path.isfile(pred_file):
                 panels.append((setting, "missing"))
             else:
-                panels.append((setting, reader.read_seg(pred_file)[0][0][z].astype(np.int32)))
-        for col, (title, seg) in enumerate(panels):
+                panels.append((setting, orient(reader.read_seg(pred_file)[0][0][z].astype(np.int32))))
+        spacing = props["spacing"]
+        modality = case_rows["modality"].iloc[0]
+        rows.append({"case_id": case_id, "modality": modality, "z": z, "image": orient(image[z]), "panels": panels,
+                     "aspect": spacing[1] / spacing[2] if len(spacing) == 3 else 1.0,
+                     "window": _display_window(image[z], modality)})
+
+    n_cols = 2 + len(settings)
+    panel_width = 2.3
+    heights = [panel_width * r["image"].shape[0] * r["aspect"] / r["image"].shape[1] for r in rows]
+    n_legend_rows = 1 + (len(label_values) - 2) // 7
+    fig, axes = plt.subplots(len(rows), n_cols, squeeze=False, gridspec_kw={"height_ratios": heights},
+                             figsize=(panel_width * n_cols, sum(heights) + 0.45 + 0.22 * n_legend_rows))
+    for row, r in enumerate(rows):
+        case_id, modality, z, aspect = r["case_id"], r["modality"], r["z"], r["aspect"]
+        vmin, vmax = r["window"]
+        for col, (title, seg) in enumerate(r["panels"]):
             ax = axes[row, col]
-            ax.imshow(image[z], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
+            ax.imshow(r["image"], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
             if isinstance(seg, str):
                 ax.text(0.5, 0.5, "no prediction", ha="center", va="center", color="white",
                         transform=ax.transAxes, fontsize=9)
@@ -501,7 +523,7 @@ def plot_qualitative(df: pd.DataFrame, image_folder: str, dataset_json: Mapping,
     from matplotlib.patches import Patch
     handles = [Patch(color=colors[v], label=names[v]) for v in sorted(label_values) if v != 0]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(handles) - 1) // 7), 1, 1))
+    fig.tight_layout(rect=(0, (0.22 * n_legend_rows + 0.05) / fig.get_figheight(), 1, 1))
     fig.savefig(output_file, dpi=150)
     plt.close(fig)
     return output_file

@@ -112,3 +112,13 @@ def test_results_of_another_dataset_in_the_same_folder_are_named(results, tmp_pa
     from evaluation.evaluate_folder import EvaluationError
     with pytest.raises(EvaluationError, match="different label sets.*tumour"):
         load_case_metrics(str(folder))
+
+
+def test_display_orientation_flips_ras_stored_images_to_the_radiological_view():
+    from evaluation.report import _display_orientation
+    a = np.arange(6).reshape(2, 3)
+    ras = {"sitk_stuff": {"direction": (-1, 0, 0, 0, -1, 0, 0, 0, 1)}}  # a NIfTI stored RAS, as SimpleITK reads it
+    lps = {"sitk_stuff": {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}}
+    np.testing.assert_array_equal(_display_orientation(ras)(a), a[::-1, ::-1])
+    np.testing.assert_array_equal(_display_orientation(lps)(a), a)
+    np.testing.assert_array_equal(_display_orientation({})(a), a)
