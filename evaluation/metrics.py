@@ -167,6 +167,19 @@ def surface_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequen
     return {"HD95": float(hd95), "ASSD": float(assd)}
 
 
+def _union_box(boxes, values, shape) -> Tuple[slice, ...]:
+    """Bounding box of the given label values in reference and prediction, grown by one voxel (clipped at the
+    image border, so that the crop keeps the 'outside the image is background' rule of the surface)."""
+    lo, hi = np.array(shape), np.zeros(len(shape), dtype=int)
+    for per_label in boxes:
+        for v in values:
+            if 0 < v <= len(per_label) and per_label[v - 1] is not None:
+                box = per_label[v - 1]
+                lo = np.minimum(lo, [b.start for b in box])
+                hi = np.maximum(hi, [b.stop for b in box])
+    return tuple(slice(max(int(a) - 1, 0), min(int(b) + 1, n)) for a, b, n in zip(lo, hi, shape))
+
+
 def _mask(segmentation: np.ndarray, label_or_region: LabelOrRegion) -> np.ndarray:
     if np.isscalar(label_or_region):
         return segmentation == label_or_region
@@ -185,6 +198,10 @@ def compute_case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing:
     """
     n_values = check_label_values(reference, prediction, allowed_values)
     confusion = confusion_matrix(reference, prediction, n_values)
+    if with_surface:
+        # one pass each for the bounding boxes of all labels: the masks are then built on small crops only
+        boxes = (ndimage.find_objects(reference, max_label=n_values - 1),
+                 ndimage.find_objects(prediction, max_label=n_values - 1))
     results = {}
     for r in labels_or_regions:
         tp, fp, fn, tn = counts_from_confusion(confusion, r, ignore_label)
@@ -193,10 +210,12 @@ def compute_case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing:
             if tp + fn == 0 or tp + fp == 0:
                 metrics.update({"HD95": np.nan, "ASSD": np.nan})
             else:
-                mask_pred = _mask(prediction, r)
+                crop = _union_box(boxes, np.atleast_1d(r), reference.shape)
+                ref_crop = reference[crop]
+                mask_pred = _mask(prediction[crop], r)
                 if ignore_label is not None:
-                    mask_pred &= reference != ignore_label
-                metrics.update(surface_metrics(_mask(reference, r), mask_pred, spacing))
+                    mask_pred &= ref_crop != ignore_label
+                metrics.update(surface_metrics(_mask(ref_crop, r), mask_pred, spacing))
         metrics.update({"FP": fp, "TP": tp, "FN": fn, "TN": tn, "n_pred": fp + tp, "n_ref": fn + tp})
         results[r] = metrics
     return results
