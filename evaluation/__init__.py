@@ -1,0 +1,13 @@
+"""Evaluation per case, class and modality; reports; paired model comparison (docs/evaluation.md).
+
+- ``evaluation.metrics``: Dice, IoU, RVD, HD95, ASSD for one case (numpy/scipy only).
+- ``evaluation.evaluate_folder.evaluate_folder``: a prediction folder -> nnU-Net-compatible summary.json with a
+  per-modality section (CLI ``nnunet_mulmod_evaluate``).
+- ``evaluation.report.write_report``: a results folder of summary.json files -> Markdown/CSV/LaTeX tables and PNG
+  figures (CLI ``nnunet_mulmod_report``).
+- ``evaluation.compare.compare_models``: paired per-case differences and Wilcoxon tests between models
+  (CLI ``nnunet_mulmod_compare``).
+
+Submodules are not imported here: worker processes import only what they need (metrics stays free of pandas,
+matplotlib and torch).
+"""
