@@ -93,3 +93,28 @@ def test_cli_compares_prediction_folders_end_to_end(tmp_path, capsys):
     code = compare_main(["-i", data["predictions"]["vanilla"][0], data["predictions"]["ours"][0], "-n", "a", "b",
                          "-ref", data["labels"], "-djfile", data["dataset_json"], "-o", out, "-np", "1"])
     assert code == 1 and "another dataset" in capsys.readouterr().err
+
+
+def test_nnunet_training_output_folders_pool_their_folds(tmp_path, monkeypatch):
+    # nnUNet_results/Dataset001_Toy/<trainer>/fold_<k>/validation: each training case appears in one fold; the
+    # reference defaults to nnUNet_preprocessed/Dataset001_Toy/gt_segmentations
+    import shutil
+    data = make_synthetic_dataset(str(tmp_path / "data"), n_cases=8, shape=(8, 16, 16), n_classes=2, seed=6, folds=2,
+                                  methods={"vanilla": {"shift": 2, "drop": 0.2}, "ours": {"shift": 1, "drop": 0.0}},
+                                  with_images=False)
+    preprocessed = tmp_path / "nnUNet_preprocessed"
+    shutil.copytree(data["labels"], preprocessed / "Dataset001_Toy" / "gt_segmentations")
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
+    trainers = {}
+    for method, trainer in (("vanilla", "nnUNetTrainer__nnUNetPlans__3d_fullres"),
+                            ("ours", "nnUNetTrainerMulModSeg__nnUNetPlans__3d_fullres")):
+        folder = tmp_path / "nnUNet_results" / "Dataset001_Toy" / trainer
+        for fold, predictions in data["predictions"][method].items():
+            shutil.copytree(predictions, folder / f"fold_{fold}" / "validation")
+        shutil.copy(data["dataset_json"], folder / "dataset.json")
+        trainers[method] = str(folder)
+    result = compare_models({"nnU-Net": trainers["vanilla"], "MulModSeg": trainers["ours"]},
+                            output_folder=str(tmp_path / "cmp"), num_processes=1)
+    avg = result["statistics"].set_index(["modality", "class"]).loc[("all", "Avg")]
+    assert avg["n"] == 8  # both folds pooled, each case once
+    assert sorted(os.listdir(tmp_path / "cmp" / "summaries" / "MulModSeg")) == ["fold_0", "fold_1"]
