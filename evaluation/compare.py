@@ -234,7 +234,8 @@ def sentence(row: Mapping, alpha: float = 0.05) -> str:
             f"higher on {row['n_higher']}, lower on {row['n_lower']}, equal on {row['n_equal']} cases; Wilcoxon "
             f"signed-rank two-sided p = {_fmt_p(row['p_value'])}.")
     if row["n"] < 6:
-        return text + f" With n < 6 cases this test cannot reach p < 0.05: no conclusion is possible."
+        return text + (f" With n < 6 cases this test cannot reach p < 0.05 (the smallest possible two-sided p is "
+                       f"2/2^{row['n']} = {2 / 2 ** row['n']:.3g}): no conclusion is possible.")
     if not np.isfinite(row["p_value"]) or row["p_value"] >= alpha:
         return text + (f" No difference detected at alpha = {alpha} (this is not evidence that the models are "
                        f"equal).")

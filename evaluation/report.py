@@ -549,9 +549,9 @@ def write_report(results_folder: str, output_folder: Optional[str] = None, metri
     paths = {}
     all_stats = []
     md = [f"# {title}", "",
-          f"Rows: settings; columns: classes per modality and their average. Cells: mean ± sample std over folds "
-          f"of the per-fold mean over the modality's test cases (no ± with one fold); best value per column in bold. "
-          f"Dice/IoU/RVD in %, HD95/ASSD in mm.", ""]
+          "Rows: settings; columns: classes per modality and their average. Cells: mean ± sample std over folds "
+          "of the per-fold mean over the modality's test cases (no ± with one fold); best value per column in bold. "
+          "Dice/IoU/RVD in %, HD95/ASSD in mm.", ""]
     folds = df.groupby("setting", observed=True)["fold"].nunique()
     n_cases = df.groupby(["setting", "modality"], observed=True)["case_id"].nunique()
     md += ["Folds per setting: " + ", ".join(f"{s}: {n}" for s, n in folds.items()) + ".",
