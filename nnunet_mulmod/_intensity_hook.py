@@ -29,6 +29,9 @@ class _CallbackLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
+        pending = sys.modules.get("nnunet_mulmod.intensity")
+        if pending is not None and not hasattr(pending, "on_nnunet_module_imported"):
+            return  # nnunet_mulmod.intensity is being imported (it imports nnU-Net); it registers itself when done
         try:
             importlib.import_module("nnunet_mulmod.intensity").on_nnunet_module_imported(module)
         except Exception as e:  # never break nnU-Net because of us

@@ -32,6 +32,7 @@ uses exactly the training protocol.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -130,17 +131,34 @@ NORMALIZATION_CLASSES = (MulModIntensityNormalization, MulModCodeIntensityNormal
 
 
 def on_nnunet_module_imported(module) -> None:
-    """Called by the start-up hook right after one of nnU-Net's lookup modules has been executed."""
+    """Adds our classes to one of nnU-Net's lookup modules. Called by the start-up hook right after nnU-Net
+    executed the module, and below for modules loaded before this one. Import cycles (this module or
+    plans_extensions.mulmod_preprocessor being imported while nnU-Net's module loads) are resolved by whichever
+    side finishes last: each registers with what is already there."""
     name = module.__name__
     if name.endswith("normalization.default_normalization_schemes"):
         for cls in NORMALIZATION_CLASSES:
             setattr(module, cls.__name__, cls)
     elif name.endswith("normalization.map_channel_name_to_normalization"):
-        for key, cls in CHANNEL_NAME_TO_NORMALIZATION.items():
-            module.channel_name_to_normalization_mapping.setdefault(key, cls)
+        mapping = getattr(module, "channel_name_to_normalization_mapping", None)
+        if mapping is not None:  # None: the module is still executing; the hook calls again when it is done
+            for key, cls in CHANNEL_NAME_TO_NORMALIZATION.items():
+                mapping.setdefault(key, cls)
     elif name.endswith("preprocessors.default_preprocessor"):
-        from plans_extensions.mulmod_preprocessor import MulModPreprocessor
-        setattr(module, MulModPreprocessor.__name__, MulModPreprocessor)
+        pending = sys.modules.get("plans_extensions.mulmod_preprocessor")
+        if pending is not None and not hasattr(pending, "MulModPreprocessor"):
+            return  # being imported right now; it registers itself when done
+        if hasattr(module, "DefaultPreprocessor"):
+            from plans_extensions.mulmod_preprocessor import MulModPreprocessor
+            setattr(module, MulModPreprocessor.__name__, MulModPreprocessor)
+
+
+def _register_with_loaded_nnunet_modules() -> None:
+    for name in ("nnunetv2.preprocessing.normalization.default_normalization_schemes",
+                 "nnunetv2.preprocessing.normalization.map_channel_name_to_normalization",
+                 "nnunetv2.preprocessing.preprocessors.default_preprocessor"):
+        if name in sys.modules:
+            on_nnunet_module_imported(sys.modules[name])
 
 
 def register_with_nnunet() -> None:
@@ -151,3 +169,6 @@ def register_with_nnunet() -> None:
                  "nnunetv2.preprocessing.normalization.map_channel_name_to_normalization",
                  "nnunetv2.preprocessing.preprocessors.default_preprocessor"):
         on_nnunet_module_imported(importlib.import_module(name))
+
+
+_register_with_loaded_nnunet_modules()

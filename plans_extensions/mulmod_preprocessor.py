@@ -14,6 +14,7 @@ start-up hook places it in ``nnunetv2.preprocessing.preprocessors.default_prepro
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Optional, Union
 
 import numpy as np
@@ -72,3 +73,8 @@ class MulModPreprocessor(DefaultPreprocessor):
                                        "normalization_schemes": [configuration_manager.normalization_schemes[c]],
                                        "use_mask_for_norm": [configuration_manager.use_mask_for_norm[c]]})
         return DefaultPreprocessor._normalize(self, data[c:c + 1].copy(), seg, single, {"0": properties[str(c)]})
+
+
+# The start-up hook registers this class when nnU-Net's default_preprocessor module loads; when this module is
+# imported first (and so is still loading at that moment) it registers itself here.
+setattr(sys.modules[DefaultPreprocessor.__module__], MulModPreprocessor.__name__, MulModPreprocessor)

@@ -70,34 +70,25 @@ def tiny_dataset(tmp_path, nnunet_env):
 
 def test_protocol_through_nnunet_commands(tiny_dataset, nnunet_env, tmp_path):
     images = tiny_dataset
-    # 1) nnU-Net's planner picks our normalizer from the channel name; its spawned workers find it by name
+    # 1) the unchanged nnU-Net command; its planner picks our normalizer from the channel name, its spawned workers
+    # find MulModPreprocessor by name, and the dataset.json tag decides (ct_soft has no air: detection would say MR)
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", 520, "-c", "3d_fullres", "-np", 1, "-npfp", 1,
-             "--verify_dataset_integrity"],
-            nnunet_env)
+             "-preprocessor_name", "MulModPreprocessor"], nnunet_env)
     plans = read_json(Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset520_Intensity" / "nnUNetPlans.json")
     configuration = plans["configurations"]["3d_fullres"]
     assert configuration["normalization_schemes"] == ["MulModIntensityNormalization"]
-    assert configuration["preprocessor_name"] == "DefaultPreprocessor"
     assert plans["transpose_forward"] == [0, 1, 2] and configuration["spacing"] == [1.0, 1.0, 1.0]  # no resampling
-    np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans", "ct_air"), expected_ct(images["ct_air"][0]),
-                               atol=1e-5)
+    for case in ("ct_air", "ct_soft"):
+        np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans", case), expected_ct(images[case][0]),
+                                   atol=1e-5)
     np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans", "mr_a"), expected_mr(images["mr_a"][0]),
                                atol=1e-5)
-    # nnU-Net's DefaultPreprocessor cannot see the tags: a CT without air/fat is detected as MR (documented)
-    np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans", "ct_soft"), expected_mr(images["ct_soft"][0]),
-                               atol=1e-5)
 
-    # 2) the MulModSeg plans variant uses MulModPreprocessor: the dataset.json tag decides, custom CT window
+    # 2) the MulModSeg plans variant (MulModPreprocessor, custom CT window recorded in the plans)
     run_cli(["nnunet_mulmod_plans_variant", "-d", 520, "-preset", "mulmodseg", "--spacing", 1, 1, 1,
              "--patch_size", 16, 16, 16, "--ct_window", -100, 200], nnunet_env)
-    run_cli(["nnUNetv2_preprocess", "-d", 520, "-plans_name", "nnUNetPlans_MulModSeg", "-c", "3d_fullres", "-np", 1],
-            nnunet_env)
-    np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans_MulModSeg", "ct_soft"),
-                               expected_ct(images["ct_soft"][0], (-100, 200)), atol=1e-5)
-    np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans_MulModSeg", "ct_air"),
-                               expected_ct(images["ct_air"][0], (-100, 200)), atol=1e-5)
-    np.testing.assert_allclose(preprocessed(nnunet_env, "nnUNetPlans_MulModSeg", "mr_b"),
-                               expected_mr(images["mr_b"][0]), atol=1e-5)
+    variant = read_json(Path(nnunet_env["nnUNet_preprocessed"]) / "Dataset520_Intensity" / "nnUNetPlans_MulModSeg.json")
+    assert variant["configurations"]["3d_fullres"]["mulmod_intensity"] == {"ct_window": [-100.0, 200.0]}
 
     # 3) nnUNetv2_predict on a new, untagged scan (its spawned preprocessing worker must find MulModPreprocessor
     # and the normalizer by name, or it fails)
@@ -124,9 +115,11 @@ def test_protocol_through_nnunet_commands(tiny_dataset, nnunet_env, tmp_path):
 
 
 def test_preprocessor_family_order(tiny_dataset, nnunet_env, monkeypatch):
-    """What nnUNetv2_predict's worker calls (MulModPreprocessor.run_case): tag > detection, env override first."""
-    from plans_extensions.mulmod_preprocessor import MulModPreprocessor, case_id_from_image_file
+    """What nnU-Net's preprocessing and prediction workers call (run_case): MulModPreprocessor uses tag >
+    detection, the environment override first, and the plans' window; DefaultPreprocessor can only detect."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from plans_extensions.mulmod_preprocessor import MulModPreprocessor, case_id_from_image_file
 
     assert case_id_from_image_file("/x/ct_soft_0000.nii.gz", ".nii.gz") == "ct_soft"
     raw = Path(nnunet_env["nnUNet_raw"]) / "Dataset520_Intensity"
@@ -150,13 +143,23 @@ def test_preprocessor_family_order(tiny_dataset, nnunet_env, monkeypatch):
     preprocessor = MulModPreprocessor(verbose=False)
     soft = case_images()["ct_soft"][0]
 
-    def run(file_name):
+    def run(file_name, preprocessor=preprocessor, configuration=configuration):
         data, _, _ = preprocessor.run_case([str(raw / "imagesTr" / file_name)], None, manager, configuration,
                                            dataset_json)
-        return data[0]
+        return data[0]  # these plans read with SimpleITKIO: no flip
 
     monkeypatch.delenv("NNUNET_MULMOD_INTENSITY_FAMILY", raising=False)
     np.testing.assert_allclose(run("ct_soft_0000.nii.gz"), expected_ct(soft), atol=1e-5)  # tagged CT
+    # nnU-Net's DefaultPreprocessor cannot see the tags: a CT without air/fat is detected as MR (documented)
+    np.testing.assert_allclose(run("ct_soft_0000.nii.gz", DefaultPreprocessor(verbose=False)), expected_mr(soft),
+                               atol=1e-5)
+    air = case_images()["ct_air"][0]
+    np.testing.assert_allclose(run("ct_air_0000.nii.gz", DefaultPreprocessor(verbose=False)), expected_ct(air),
+                               atol=1e-5)
+    # a window recorded in the plans (nnunet_mulmod_plans_variant --ct_window) replaces the protocol's
+    windowed = type(configuration)({**configuration.configuration, "mulmod_intensity": {"ct_window": [-100, 200]}})
+    np.testing.assert_allclose(run("ct_soft_0000.nii.gz", configuration=windowed), expected_ct(soft, (-100, 200)),
+                               atol=1e-5)
     del dataset_json["case_modalities"]["ct_soft"]
     np.testing.assert_allclose(run("ct_soft_0000.nii.gz"), expected_mr(soft), atol=1e-5)  # untagged: detection
     monkeypatch.setenv("NNUNET_MULMOD_INTENSITY_FAMILY", "CT")
