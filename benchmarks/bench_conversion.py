@@ -4,7 +4,9 @@ Builds an AMOS-shaped source folder of synthetic CT/MR volumes and labels, then 
 process each:
 - baseline: ``sitk.ReadImage`` + ``sitk.WriteImage(..., useCompression=True)`` of every image and label;
 - the AMOS converter (all 15 labels: images and labels checked, then copied) and with ``--organs 13`` (labels
-  remapped and re-written).
+  remapped and re-written);
+- the real CHAOS CT case (if ../shared/data is there): SimpleITK's series reader + PNG reads + two NIfTI
+  writes, against the CHAOS converter.
 Each is timed ``--repeats`` times and the fastest run is kept (the machine may be shared).
 
     python benchmarks/bench_conversion.py [--cases 8] [--shape 64 256 256] [--repeats 2]
@@ -58,6 +60,42 @@ def time_conversion(source: str, raw: str, organs: int) -> float:
     return time.perf_counter() - start
 
 
+CHAOS_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                            "chaos_ct_sample", "CT", "1")
+
+
+def time_chaos(tmp: str, repeats: int):
+    """The real CHAOS CT case (78 DICOM slices + 78 PNG masks): SimpleITK series read + PNG reads + two NIfTI
+    writes, against the CHAOS converter (header checks, position ordering, mask pairing)."""
+    if not os.path.isdir(CHAOS_SAMPLE):
+        return None
+    from dataset_conversion.chaos import convert_chaos
+    train = os.path.join(tmp, "chaos", "Train_Sets", "CT")
+    os.makedirs(train)
+    os.symlink(os.path.abspath(CHAOS_SAMPLE), os.path.join(train, "1"))
+
+    def plain():
+        start = time.perf_counter()
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(os.path.join(CHAOS_SAMPLE, "DICOM_anon")))
+        image = reader.Execute()
+        ground = os.path.join(CHAOS_SAMPLE, "Ground")
+        masks = [sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ground, f))) for f in sorted(os.listdir(ground))]
+        label = sitk.GetImageFromArray((np.stack(masks) > 0).astype(np.uint8))
+        label.CopyInformation(image)
+        sitk.WriteImage(image, os.path.join(tmp, "chaos_plain.nii.gz"), useCompression=True)
+        sitk.WriteImage(label, os.path.join(tmp, "chaos_plain_label.nii.gz"), useCompression=True)
+        return time.perf_counter() - start
+
+    def converter():
+        start = time.perf_counter()
+        convert_chaos(os.path.join(tmp, "chaos"), 998, "BenchCHAOS", sequences=["CT"], num_processes=1,
+                      overwrite=True)
+        return time.perf_counter() - start
+
+    return min(plain() for _ in range(repeats)), min(converter() for _ in range(repeats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=8)
@@ -73,10 +111,16 @@ def main() -> None:
         baseline = min(time_baseline(files, os.path.join(tmp, f"plain{r}")) for r in range(args.repeats))
         shutil.rmtree(os.path.join(tmp, "plain0"), ignore_errors=True)
         results = {organs: min(time_conversion(source, raw, organs) for _ in range(args.repeats)) for organs in (15, 13)}
+        chaos = time_chaos(tmp, args.repeats)
     print(f"{args.cases} cases x (image + label), {tuple(args.shape)} voxels, {size_mb:.1f} MB compressed")
     print(f"plain SimpleITK read+write: {baseline:.2f} s")
     for organs, seconds in results.items():
         print(f"AMOS converter, {organs} labels: {seconds:.2f} s  -> ratio {seconds / baseline:.2f}x (target <= 1.3x)")
+    if chaos is None:
+        print("CHAOS: skipped (../shared/data/chaos_ct_sample not found)")
+    else:
+        print(f"CHAOS real CT case (78 DICOM + 78 PNG -> 2 NIfTI): plain SimpleITK {chaos[0]:.2f} s, converter "
+              f"{chaos[1]:.2f} s -> ratio {chaos[1] / chaos[0]:.2f}x (target <= 1.3x)")
 
 
 if __name__ == "__main__":
