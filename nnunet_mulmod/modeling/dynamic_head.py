@@ -3,7 +3,8 @@
 For every sample b and class k the controller turns [pooled bottleneck features of b ; text embedding
 of (modality of b, class k)] into theta_bk: the weights and biases of three 1x1(x1) convolutions with
 8, 8 and 1 output channels. These are applied to an 8-channel feature map of sample b and give one
-logit map per class. All (sample, class) heads run at once as grouped convolutions.
+logit map per class. All (sample, class) heads run at once as batched matrix products (a 1x1
+convolution is a matrix product over channels), with no loop over samples or classes.
 
 Shapes (S = spatial dims, 2 or 3 of them):
     pooled   [B, C_bottleneck]
@@ -69,21 +70,23 @@ def split_dynamic_params(params: torch.Tensor) -> tuple[List[torch.Tensor], List
 
 
 def _apply_dynamic_convs(features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The three dynamic 1x1 convolutions of every (sample, class) pair as batched matrix products.
+
+    A 1x1 convolution is a matrix product over the channel axis, so [B, 8, N] voxels go through
+    per-sample [K*8, 8] weights (layer 1, one batch entry per sample), then per-(sample, class) [8, 8]
+    and [1, 8] weights (layers 2, 3, one batch entry per pair). Same result as grouped convolutions with
+    groups=B, B*K, B*K, and faster on CPU and GPU.
+    """
     b, c = features.shape[:2]
     k = params.shape[1]
     spatial = features.shape[2:]
-    conv = F.conv3d if len(spatial) == 3 else F.conv2d
-    ones = (1,) * len(spatial)
     weights, biases = split_dynamic_params(params.to(features.dtype))
-    x = features.reshape(1, b * c, *spatial)
-    # layer 1: one group per sample (its 8 channels) -> K*8 outputs per sample
-    # layers 2, 3: one group per (sample, class)
-    groups = (b, b * k, b * k)
-    for layer, (w, bias) in enumerate(zip(weights, biases)):
-        x = conv(x, w.reshape(*w.shape, *ones), bias, groups=groups[layer])
-        if layer < len(DYNAMIC_LAYERS) - 1:
-            x = F.relu(x)
-    return x.reshape(b, k, *spatial)
+    x = features.reshape(b, c, -1)
+    x = torch.baddbmm(biases[0].view(b, k * 8, 1), weights[0].view(b, k * 8, c), x).relu_()
+    x = x.view(b * k, 8, -1)
+    x = torch.baddbmm(biases[1].view(b * k, 8, 1), weights[1].view(b * k, 8, 8), x).relu_()
+    x = torch.baddbmm(biases[2].view(b * k, 1, 1), weights[2].view(b * k, 1, 8), x)
+    return x.view(b, k, *spatial)
 
 
 def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio: float = 2.0) -> torch.Tensor:
@@ -91,7 +94,7 @@ def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio:
 
     The hidden maps of all heads together have B*K*8 channels at the feature map's resolution, which
     for 14 classes is far more memory than the whole last decoder stage. The heads are 1x1 convolutions,
-    i.e. pointwise, so the map is processed in slabs along its last axis; while training each slab is
+    i.e. pointwise, so the map is processed in slabs along its first spatial axis; while training each slab is
     checkpointed (its hidden maps are recomputed in the backward pass instead of stored). The hidden maps
     alive at any time are then at most ``max_hidden_ratio`` times the size of ``features``. The result is
     exactly the same as a single pass.
@@ -100,15 +103,15 @@ def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio:
         raise ValueError(f"dynamic head expects {HEAD_CHANNELS}-channel features, got {features.shape[1]}")
     k = params.shape[1]
     hidden_per_feature = k * DYNAMIC_LAYERS[0][1] / HEAD_CHANNELS  # hidden channels per feature channel
-    n_slabs = min(features.shape[-1], max(1, math.ceil(hidden_per_feature / max_hidden_ratio)))
+    n_slabs = min(features.shape[2], max(1, math.ceil(hidden_per_feature / max_hidden_ratio)))
     needs_grad = torch.is_grad_enabled() and (features.requires_grad or params.requires_grad)
     if n_slabs == 1:
         return _apply_dynamic_convs(features, params)
-    slab = math.ceil(features.shape[-1] / n_slabs)
+    slab = math.ceil(features.shape[2] / n_slabs)
     outputs = []
-    for part in torch.split(features, slab, dim=-1):
+    for part in torch.split(features, slab, dim=2):
         if needs_grad:
             outputs.append(checkpoint(_apply_dynamic_convs, part, params, use_reentrant=False))
         else:
             outputs.append(_apply_dynamic_convs(part, params))
-    return torch.cat(outputs, dim=-1)
+    return torch.cat(outputs, dim=2)

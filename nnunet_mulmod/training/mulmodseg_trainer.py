@@ -178,6 +178,8 @@ class nnUNetTrainerALT(nnUNetTrainer):
         if isinstance(self.dataloader_train, AlternatingModalityLoader):
             # derived from the global step: resumption and DDP ranks continue the same alternation
             self.dataloader_train.position = self.current_epoch * self.num_iterations_per_epoch
+            self.print_to_log_file(f"ALT position {self.dataloader_train.position}: this epoch starts with "
+                                   f"{self.modalities[self.dataloader_train.next_modality()]}")
 
     def on_train_end(self):
         super().on_train_end()

@@ -1,0 +1,206 @@
+"""MulModSeg vs vanilla nnU-Net on the same plans and the same batch: step time, inference time,
+parameters and peak memory, printed as ratios MulModSeg / vanilla.
+
+    python benchmarks/bench_mulmodseg.py [--device cpu|cuda] [--patch3d 64 64 64] [--patch2d 256 256] \
+        [--batch 2] [--steps 5] [--embed_dim 512]
+
+What it does, in one run: writes a few synthetic CT+MR phantoms of abdominal-CT size, lets nnU-Net plan
+them (``nnUNetv2_plan_and_preprocess -c 2d 3d_fullres``), so both trainers get nnU-Net's own plans and
+architecture (6-7 stages, 32..320/512 features). ``--patch3d/--patch2d`` only shrink the patch (the
+architecture stays as planned) so the run fits a CPU. For each configuration it builds nnUNetTrainer
+and nnUNetTrainerMulModSeg (a random table of --embed_dim dims stands in for CLIP's 512-d table, 14
+classes like AMOS), and measures, each trainer in its own subprocess:
+- median ``train_step`` time over --steps steps (after one warm-up) on one fixed random batch;
+- ``predict_sliding_window_return_logits`` on one volume of 1.5x the patch (2d: 8 such slices; no mirroring);
+- trainable parameters;
+- peak memory of the training steps: CUDA max_memory_allocated, or on the CPU the growth of the
+  process's peak RSS over its RSS before the first step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LABELS = {"background": 0, **{f"organ_{i}": i for i in range(1, 14)}}
+
+
+def prepare(workdir: str, shape_xyz) -> str:
+    """Phantoms with 13 organ labels relabelled from the demo phantoms' anatomy, planned by nnU-Net."""
+    import numpy as np
+    import SimpleITK as sitk
+    from nnunet_mulmod.demo.phantoms import make_phantom
+    from nnunet_mulmod.modality import set_modalities
+
+    raw = os.path.join(workdir, "raw", "Dataset991_BenchMulMod")
+    for sub in ("imagesTr", "labelsTr"):
+        os.makedirs(os.path.join(raw, sub), exist_ok=True)
+    case_modalities = {}
+    for modality in ("CT", "MR"):
+        for i in range(3):
+            case = f"{modality.lower()}_{i}"
+            phantom = make_phantom(modality, [i, ord(modality[0])], shape_xyz, (0.8, 0.8, 2.5))
+            # spread the phantom's organs over 13 labels (by position), so that the head has AMOS's class count
+            label = phantom.label.astype(np.int32)
+            label = np.where(label > 0, (label * 7 + np.arange(label.shape[2])[None, None] // 16) % 13 + 1, 0)
+            for arr, folder, name in ((phantom.image.astype(np.float32), "imagesTr", f"{case}_0000"),
+                                      (label.astype(np.uint8), "labelsTr", case)):
+                img = sitk.GetImageFromArray(arr)
+                img.SetSpacing(tuple(float(s) for s in phantom.spacing_xyz))
+                sitk.WriteImage(img, os.path.join(raw, folder, name + ".nii.gz"))
+            case_modalities[case] = modality
+    dataset_json = {"channel_names": {"0": "zscore"}, "labels": LABELS, "numTraining": 6,
+                    "file_ending": ".nii.gz", "name": "BenchMulMod"}
+    set_modalities(dataset_json, case_modalities, ["CT", "MR"])
+    with open(os.path.join(raw, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f)
+    env = dict(os.environ, nnUNet_raw=os.path.join(workdir, "raw"), nnUNet_preprocessed=os.path.join(workdir, "pre"),
+               nnUNet_results=os.path.join(workdir, "res"))
+    subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "2d", "3d_fullres", "-np", "2", "-npfp", "2"],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    return env["nnUNet_preprocessed"]
+
+
+def measure(args) -> dict:
+    """One trainer, one configuration: runs inside its own process (clean peak-memory accounting)."""
+    import numpy as np
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_mulmod.text.table import TextEmbeddingTable, default_table_path
+    from nnunet_mulmod.modality import class_names, get_modalities
+    from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg, unwrap_network
+
+    torch.manual_seed(0)
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset991_BenchMulMod")
+    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
+    dataset_json = load_json(os.path.join(pre, "dataset.json"))
+    cfg = plans["configurations"][args.configuration]
+    cfg["patch_size"] = list(args.patch)
+    cfg["batch_size"] = args.batch
+    plans["continue_training"] = False  # nnUNetv2_train adds this key
+    if args.trainer == "mulmodseg":
+        table = TextEmbeddingTable(torch.randn(2, len(LABELS), args.embed_dim), get_modalities(dataset_json),
+                                   class_names(dataset_json), [["-"] * len(LABELS)] * 2, "V3", "", {"type": "random"})
+        table.save(default_table_path(pre))
+    device = torch.device(args.device)
+    cls = nnUNetTrainerMulModSeg if args.trainer == "mulmodseg" else nnUNetTrainer
+    trainer = cls(plans, args.configuration, 0, dataset_json, device)
+    trainer.initialize()
+    trainer.network.train()
+    patch = tuple(args.patch)
+    data = torch.randn(args.batch, 1, *patch)
+    scales = trainer._get_deep_supervision_scales()
+    target = [torch.randint(0, len(LABELS), (args.batch, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])).float()
+              for sc in scales]
+    batch = {"data": data, "target": target, "keys": ["ct_0"] * args.batch}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.steps + 1):
+        sync()
+        t = time.perf_counter()
+        trainer.train_step(batch)
+        sync()
+        if i > 0:
+            times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
+
+    network = unwrap_network(trainer.network)
+    trainer.set_deep_supervision_enabled(False)
+    network.eval()
+    if args.trainer == "mulmodseg":
+        network.selected_modality = 0
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                allow_tqdm=False)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    dataset_json, cls.__name__, None)
+    # one volume of 1.5x the patch per axis (2d: 8 slices of 1.5x the patch)
+    volume = torch.randn(1, *([8] if len(patch) == 2 else []), *[int(p * 1.5) for p in patch])
+    predictor.predict_sliding_window_return_logits(volume)  # warm-up
+    sync()
+    t = time.perf_counter()
+    predictor.predict_sliding_window_return_logits(volume)
+    sync()
+    inference = time.perf_counter() - t
+    return {"step_s": statistics.median(times), "inference_s": inference, "peak_bytes": peak,
+            "params": sum(p.numel() for p in network.parameters() if p.requires_grad),
+            "architecture": plans["configurations"][args.configuration]["architecture"]["network_class_name"],
+            "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--patch3d", type=int, nargs=3, default=[64, 64, 64])
+    parser.add_argument("--patch2d", type=int, nargs=2, default=[256, 256])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--embed_dim", type=int, default=512)
+    parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 64], help="phantom size (x y z voxels)")
+    parser.add_argument("--workdir", default=None)
+    # internal: one measurement
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trainer", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--configuration", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--patch", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print("RESULT " + json.dumps(measure(args)))
+        return
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_mulmodseg_")
+    env = dict(os.environ, nnUNet_raw=os.path.join(workdir, "raw"), nnUNet_preprocessed=os.path.join(workdir, "pre"),
+               nnUNet_results=os.path.join(workdir, "res"), nnUNet_compile="f")
+    os.environ.update(env)
+    if not os.path.isdir(os.path.join(workdir, "pre", "Dataset991_BenchMulMod")):
+        print(f"planning synthetic data in {workdir} ...", flush=True)
+        prepare(workdir, args.shape)
+    rows = []
+    for configuration, patch in (("3d_fullres", args.patch3d), ("2d", args.patch2d)):
+        results = {}
+        for trainer in ("vanilla", "mulmodseg"):
+            cmd = [sys.executable, __file__, "--measure", "--trainer", trainer, "--configuration", configuration,
+                   "--patch", *map(str, patch), "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--device", args.device, "--embed_dim", str(args.embed_dim)]
+            # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
+            out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True)
+            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            results[trainer] = json.loads(line[0][7:])
+        v, m = results["vanilla"], results["mulmodseg"]
+        rows.append((configuration, patch, v, m))
+    print(f"\nMulModSeg / vanilla nnU-Net, same plans and batch (batch {args.batch}, device {args.device}, "
+          f"{args.steps} timed steps, text dim {args.embed_dim}, 14 classes)")
+    print("| configuration | patch | architecture | step time | inference | parameters | peak memory |")
+    print("|---|---|---|---|---|---|---|")
+    for configuration, patch, v, m in rows:
+        print(f"| {configuration} | {'x'.join(map(str, patch))} | {v['architecture']} {v['features']} | "
+              f"{m['step_s'] / v['step_s']:.3f} ({v['step_s']:.2f}s -> {m['step_s']:.2f}s) | "
+              f"{m['inference_s'] / v['inference_s']:.3f} ({v['inference_s']:.2f}s -> {m['inference_s']:.2f}s) | "
+              f"{m['params'] / v['params']:.4f} ({v['params'] / 1e6:.2f}M -> {m['params'] / 1e6:.2f}M) | "
+              f"{m['peak_bytes'] / max(v['peak_bytes'], 1):.3f} ({v['peak_bytes'] / 2**20:.0f} -> "
+              f"{m['peak_bytes'] / 2**20:.0f} MiB) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""MulModSeg network: dynamic head parameters, grouped convs vs a per-sample reference, U-Net wrapping."""
+import pytest
+import torch
+from torch import nn
+
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunet_mulmod.modeling.dynamic_head import (NUM_DYNAMIC_PARAMS, MulModSegController, _apply_dynamic_convs,
+                                                 dynamic_head, split_dynamic_params)
+from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
+
+
+def reference_head(features, params):
+    """Per-sample, per-class loop with explicit matrix products: the paper's definition."""
+    b, _, *spatial = features.shape
+    out = torch.zeros(b, params.shape[1], *spatial, dtype=features.dtype)
+    for i in range(b):
+        f = features[i].reshape(8, -1)
+        for k in range(params.shape[1]):
+            p = params[i, k]
+            w1, w2, w3 = p[:64].view(8, 8), p[64:128].view(8, 8), p[128:136].view(1, 8)
+            b1, b2, b3 = p[136:144], p[144:152], p[152:153]
+            h = torch.relu(w1 @ f + b1[:, None])
+            h = torch.relu(w2 @ h + b2[:, None])
+            out[i, k] = (w3 @ h + b3[:, None]).view(*spatial)
+    return out
+
+
+def test_dynamic_parameter_count_and_split():
+    assert NUM_DYNAMIC_PARAMS == 8 * 8 + 8 * 8 + 8 * 1 + 8 + 8 + 1 == 153
+    params = torch.arange(2 * 3 * 153, dtype=torch.float32).view(2, 3, 153)
+    weights, biases = split_dynamic_params(params)
+    assert [tuple(w.shape) for w in weights] == [(48, 8), (48, 8), (6, 8)]
+    assert [tuple(b.shape) for b in biases] == [(48,), (48,), (6,)]
+    # sample 1, class 2: its first-layer weights are the first 64 numbers of its parameter vector
+    assert torch.equal(weights[0][(1 * 3 + 2) * 8:(1 * 3 + 2) * 8 + 8].flatten(), params[1, 2, :64])
+    assert torch.equal(biases[2][1 * 3 + 2:1 * 3 + 3], params[1, 2, 152:153])
+
+
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (9, 11)])
+def test_grouped_head_equals_per_sample_reference(spatial):
+    torch.manual_seed(0)
+    features = torch.randn(3, 8, *spatial, dtype=torch.float64)
+    params = torch.randn(3, 4, 153, dtype=torch.float64)
+    expected = reference_head(features, params)
+    assert torch.allclose(_apply_dynamic_convs(features, params), expected, atol=1e-10)
+    assert torch.allclose(dynamic_head(features, params), expected, atol=1e-10)
+
+
+def test_slabbed_checkpointed_head_matches_single_pass_gradients():
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 12, 5, 4, dtype=torch.float64, requires_grad=True)
+    params = torch.randn(2, 14, 153, dtype=torch.float64, requires_grad=True)
+    out = dynamic_head(features, params)  # 14 classes -> processed in slabs along the first spatial axis
+    (out ** 2).sum().backward()
+    g_features, g_params = features.grad.clone(), params.grad.clone()
+    features.grad = params.grad = None
+    (_apply_dynamic_convs(features, params) ** 2).sum().backward()
+    assert torch.allclose(g_features, features.grad) and torch.allclose(g_params, params.grad)
+
+
+def test_controller_conditions_on_text_and_image():
+    torch.manual_seed(0)
+    controller = MulModSegController(32, 16)
+    pooled, text = torch.randn(2, 32), torch.randn(2, 5, 16)
+    params = controller(pooled, text)
+    assert params.shape == (2, 5, 153)
+    assert not torch.allclose(params[:, 0], params[:, 1])  # different class embeddings -> different heads
+    other = controller(pooled.flip(0), text)
+    assert not torch.allclose(params, other)  # the image features matter too
+
+
+def _plain_unet(dim=3, ds=True, classes=4):
+    conv, norm = (nn.Conv3d, nn.InstanceNorm3d) if dim == 3 else (nn.Conv2d, nn.InstanceNorm2d)
+    return PlainConvUNet(1, 4, (8, 16, 32, 32), conv, 3, (1, 2, 2, 2), 2, classes, (2, 2, 2), False, norm,
+                         {"affine": True}, None, None, nn.LeakyReLU, {"inplace": True}, deep_supervision=ds)
+
+
+def _resenc_unet(dim=2, classes=4):
+    conv, norm = (nn.Conv3d, nn.InstanceNorm3d) if dim == 3 else (nn.Conv2d, nn.InstanceNorm2d)
+    return ResidualEncoderUNet(1, 3, (8, 16, 32), conv, 3, (1, 2, 2), (1, 1, 1), classes, (1, 1), False, norm,
+                               {"affine": True}, None, None, nn.LeakyReLU, {"inplace": True}, deep_supervision=True)
+
+
+@pytest.mark.parametrize("make_unet,shape", [(lambda: _plain_unet(3), (2, 1, 16, 16, 16)),
+                                             (lambda: _plain_unet(2), (2, 1, 32, 32)),
+                                             (lambda: _resenc_unet(2), (2, 1, 32, 32))])
+def test_wraps_unets_with_deep_supervision(make_unet, shape):
+    torch.manual_seed(0)
+    unet = make_unet()
+    vanilla_shapes = [tuple(o.shape) for o in unet(torch.randn(*shape))]
+    net = MulModSegNet(unet, ["CT", "MR", "MR-T2"], 4, 12)
+    net.set_text_embeddings(torch.randn(3, 4, 12))
+    out = net(torch.randn(*shape), modality=1)
+    # same outputs as nnU-Net's network: one logit map per class at every deep-supervision scale
+    assert [tuple(o.shape) for o in out] == vanilla_shapes
+    net.decoder.deep_supervision = False
+    assert tuple(net(torch.randn(*shape), modality=0).shape) == vanilla_shapes[0]
+
+
+def test_modality_prompts_change_prediction_and_per_sample_selection():
+    torch.manual_seed(0)
+    net = MulModSegNet(_plain_unet(3, ds=False), ["CT", "MR"], 4, 12).eval()
+    net.set_text_embeddings(torch.randn(2, 4, 12))
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        as_ct, as_mr = net(x, 0), net(x, 1)
+        mixed = net(x, torch.tensor([0, 1]))
+    assert not torch.allclose(as_ct, as_mr)
+    assert torch.allclose(mixed[0], as_ct[0], atol=1e-6) and torch.allclose(mixed[1], as_mr[1], atol=1e-6)
+    # context manager and selected_modality are used when no argument is given, in that order
+    with torch.no_grad(), net.using_modality(1):
+        assert torch.allclose(net(x), as_mr, atol=1e-6)
+    net.selected_modality = 0
+    with torch.no_grad():
+        assert torch.allclose(net(x), as_ct, atol=1e-6)
+
+
+def test_automatic_modality_uses_classifier_and_counts_votes():
+    torch.manual_seed(0)
+    net = MulModSegNet(_plain_unet(3, ds=False), ["CT", "MR"], 4, 12).eval()
+    net.set_text_embeddings(torch.randn(2, 4, 12))
+    with torch.no_grad():
+        net.modality_classifier.weight.zero_()
+        net.modality_classifier.bias.copy_(torch.tensor([0.0, 5.0]))  # always says MR
+    net.auto_votes = [0, 0]
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        auto = net(x)
+        as_mr = net(x, 1)
+    assert net.auto_votes == [0, 2]
+    assert torch.allclose(auto, as_mr, atol=1e-6)
+
+
+def test_text_embeddings_travel_in_state_dict_but_selection_does_not():
+    net = MulModSegNet(_plain_unet(3), ["CT", "MR"], 4, 12)
+    table = torch.randn(2, 4, 12)
+    net.set_text_embeddings(table)
+    state = net.state_dict()
+    assert torch.equal(state["text_embeddings"], table)
+    fresh = MulModSegNet(_plain_unet(3), ["CT", "MR"], 4, 12)
+    fresh.selected_modality = 1
+    fresh.load_state_dict(state)  # nnU-Net's predictor does this once per case
+    assert torch.equal(fresh.text_embeddings, table) and fresh.selected_modality == 1
+    with pytest.raises(ValueError, match="do not fit"):
+        net.set_text_embeddings(torch.randn(3, 4, 12))
+
+
+def test_parameter_overhead_is_small_on_a_realistic_unet():
+    unet = PlainConvUNet(1, 6, (32, 64, 128, 256, 320, 320), nn.Conv3d, 3, (1, 2, 2, 2, 2, 2), 2, 14,
+                         (2, 2, 2, 2, 2), False, nn.InstanceNorm3d, {"affine": True}, None, None, nn.LeakyReLU,
+                         {"inplace": True}, deep_supervision=True)
+    vanilla = sum(p.numel() for p in unet.parameters())
+    net = MulModSegNet(unet, ["CT", "MR"], 14, 512)
+    ratio = sum(p.numel() for p in net.parameters()) / vanilla
+    assert 1.0 < ratio < 1.02
+
+
+def test_rejects_networks_without_unet_structure():
+    with pytest.raises(TypeError, match="encoder-decoder"):
+        MulModSegNet(nn.Conv3d(1, 2, 1), ["CT", "MR"], 2, 4)
