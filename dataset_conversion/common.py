@@ -64,6 +64,19 @@ def dataset_path(dataset_id: int, name: str) -> str:
     return os.path.join(nnunet_raw_folder(), dataset_folder_name(dataset_id, name))
 
 
+def _remove_stale_partials(raw: str, folder_name: str) -> None:
+    """Temporary folders of runs that were killed (their process is gone) are removed; running ones are kept."""
+    prefix = f".{folder_name}.partial-"
+    for entry in os.listdir(raw):
+        if entry.startswith(prefix) and entry[len(prefix):].isdigit():
+            try:
+                os.kill(int(entry[len(prefix):]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(raw, entry), ignore_errors=True)
+            except PermissionError:  # alive, another user's
+                pass
+
+
 @contextlib.contextmanager
 def dataset_writer(dataset_id: int, name: str, overwrite: bool) -> Iterator[str]:
     """Yields a temporary folder to write the dataset into; moves it to $nnUNet_raw/DatasetXXX_Name on success.
@@ -86,6 +99,7 @@ def dataset_writer(dataset_id: int, name: str, overwrite: bool) -> Iterator[str]
         raise ConversionError(f"{target} already exists. Re-run with --overwrite to replace it "
                               f"(the old folder is kept until the new one is complete), or choose another -d/--name.")
     os.makedirs(raw, exist_ok=True)
+    _remove_stale_partials(raw, folder_name)
     tmp = os.path.join(raw, f".{folder_name}.partial-{os.getpid()}")
     if os.path.isdir(tmp):
         shutil.rmtree(tmp)

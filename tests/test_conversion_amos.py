@@ -113,7 +113,11 @@ def test_13_organs_balanced_split_is_reproducible(amos_folder, nnunet_env):
 
 
 def test_refuses_existing_dataset_and_overwrites_when_asked(amos_folder, nnunet_env):
+    dead_pid = next(p for p in range(4_000_000, 4_100_000) if not Path(f"/proc/{p}").exists())
+    stale = Path(nnunet_env["nnUNet_raw"]) / f".Dataset501_AMOS2022.partial-{dead_pid}"  # from a killed run
+    stale.mkdir()
     main(["-i", str(amos_folder), "-d", "501", "-np", "1"])
+    assert not stale.exists()
     result = run_cli(["nnunet_mulmod_convert_amos", "-i", amos_folder, "-d", 501], nnunet_env, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "Dataset501_AMOS2022 already exists" in result.stderr and "--overwrite" in result.stderr
