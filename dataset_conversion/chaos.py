@@ -296,7 +296,7 @@ def convert_chaos(chaos_folder: str, dataset_id: int = 503, name: str = "CHAOS",
                                      out_images=[os.path.join(out, "imagesTr", f"{case}_0000{FILE_ENDING}")],
                                      out_label=os.path.join(out, "labelsTr", case + FILE_ENDING)))
                     case_modalities[case] = modality
-            worker, channel_names, channel_modalities = convert_sequence_case, None, None
+            worker, channel_modalities = convert_sequence_case, None
             vocabulary = [SEQUENCES[s][0] for s in SEQUENCES if s in sequences]
             channel_names = {0: mixed_channel_name(vocabulary, intensity)}
         else:

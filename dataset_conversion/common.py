@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_mulmod.modality import ModalityError, set_modalities
+from nnunet_mulmod.modality import ModalityError, modality_family, set_modalities
 
 FILE_ENDING = ".nii.gz"
 
@@ -349,7 +349,6 @@ def write_splits(folder: str, splits: List[Dict[str, List[str]]]) -> None:
 
 def mixed_channel_name(modalities: Iterable[str], intensity: str) -> str:
     """Channel name for a single-channel dataset: CT-only may use nnU-Net's 'CT' scheme; a CT+MR mix must not."""
-    from nnunet_mulmod.modality import modality_family
     families = {modality_family(m) for m in modalities}
     if intensity not in INTENSITY_CHANNEL_NAMES:
         raise ConversionError(f"--intensity must be one of {sorted(INTENSITY_CHANNEL_NAMES)}, got {intensity!r}.")
