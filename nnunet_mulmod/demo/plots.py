@@ -41,7 +41,7 @@ def plot_training_curves(curves: Mapping[str, Sequence[float]], output_file: str
         style = "--" if name.startswith("train_loss_") else "-"
         ax.plot(np.arange(len(values)), values, style, label=name, linewidth=1.8)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (nnU-Net Dice + CE)")
+    ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     if pseudo_dice is not None and len(pseudo_dice):
         ax2 = ax.twinx()
@@ -86,7 +86,7 @@ def plot_overlays(rows: Sequence[Mapping], label_names: Mapping[int, str], outpu
     with the most ground-truth foreground (the same slice in all three columns)."""
     plt = _pyplot()
     from matplotlib.patches import Patch
-    fig, axes = plt.subplots(len(rows), 3, figsize=(10.5, 3.4 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(10.5, 3.3 * len(rows) + 0.5), squeeze=False)
     for r, row in enumerate(rows):
         z = int(np.argmax((row["truth"] > 0).sum(axis=(1, 2))))
         image = row["image"][z]
@@ -101,11 +101,11 @@ def plot_overlays(rows: Sequence[Mapping], label_names: Mapping[int, str], outpu
                 ax.imshow(_colorize(overlay), interpolation="nearest", aspect=aspect)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{row['title']}: {name}" + (f" (slice {z})" if c == 0 else ""), fontsize=9)
+            ax.set_title(f"{row['title']}, axial slice {z}" if c == 0 else name, fontsize=9)
     handles = [Patch(color=LABEL_COLORS[(v - 1) % len(LABEL_COLORS)], label=n)
                for v, n in sorted(label_names.items()) if v != 0]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
     fig.savefig(output_file, dpi=110)
     plt.close(fig)

@@ -29,8 +29,11 @@ DEFAULT_TRAINER = "nnUNetTrainerMulModSeg_demo"
 DEMO_PLANS = "nnUNetPlans_demo"
 # Written into the output folder; lets a re-run replace an earlier demo's folders and nothing else.
 MARKER_FILE = "nnunet_mulmod_demo.json"
-# Environment variable through which the demo passes --epochs to the demo trainer.
+# Environment variable through which the demo passes --epochs to the demo trainer (demo_trainer.py).
 EPOCHS_ENV = "nnUNet_mulmod_demo_epochs"
+DEFAULT_EPOCHS = 16
+# Folder with the demo trainer, added to nnUNet_extTrainer for the demo's nnU-Net subprocesses.
+DEMO_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_trainers")
 
 
 class StepFailed(RuntimeError):
@@ -69,6 +72,7 @@ def run_logged(step: str, command: Sequence[str], log_file: str, env: Dict[str, 
                                                            f"(the command comes with it or with nnunetv2)?")
         for line in process.stdout:
             log.write(line)
+            log.flush()  # the log is the place to look while a step runs
             if on_line is not None:
                 on_line(line)
         returncode = process.wait()
@@ -215,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "figures, logs); an earlier demo output there is replaced")
     p.add_argument("-d", "--dataset_id", type=int, default=DEFAULT_DATASET_ID, help="nnU-Net dataset id")
     p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help="nnU-Net trainer class")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"training epochs (passed to the demo trainer as ${EPOCHS_ENV}; default: the trainer's own)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"training epochs of 24 iterations (passed to the demo trainer as ${EPOCHS_ENV}; other "
+                        f"trainers keep their own schedule)")
     p.add_argument("--train_cases", type=int, nargs=2, default=(8, 8), metavar=("CT", "MR"),
                    help="training cases per modality")
     p.add_argument("--test_cases", type=int, nargs=2, default=(3, 3), metavar=("CT", "MR"),
@@ -257,8 +262,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                # one augmentation worker next to the training process: 2 cores in use
                nnUNet_n_proc_DA=str(max(args.num_processes - 1, 0)),
                nnUNet_def_n_proc=str(args.num_processes), PYTHONUNBUFFERED="1")
-    if args.epochs is not None:
-        env[EPOCHS_ENV] = str(args.epochs)
+    env[EPOCHS_ENV] = str(args.epochs)
+    env["nnUNet_extTrainer"] = os.pathsep.join(
+        [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p] + [DEMO_TRAINER_FOLDER])
     for variable in ("nnUNet_mulmod_text_table",):  # an outside table would not match the phantom dataset
         env.pop(variable, None)
 
@@ -307,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings["text_table"] = time.time() - t
 
         t = header(4, f"Training {args.trainer} on {args.device} (fold {FOLD}; log: {os.path.join(logs, '04_train.log')})")
-        progress = TrainingProgress(args.epochs)
+        progress = TrainingProgress(args.epochs if args.trainer == DEFAULT_TRAINER else None)
         try:
             run_logged("train", ["nnUNetv2_train", str(args.dataset_id), CONFIGURATION, FOLD, "-tr", args.trainer,
                                  *plans_args, "-device", args.device],

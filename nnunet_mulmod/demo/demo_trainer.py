@@ -1,0 +1,46 @@
+"""The demo's short MulModSeg schedule: a few hundred iterations on 2 CPU cores.
+
+``nnunet_mulmod_demo`` adds ``nnunet_mulmod/demo/nnunet_trainers`` to ``nnUNet_extTrainer`` for its own
+nnU-Net subprocesses, so ``-tr nnUNetTrainerMulModSeg_demo`` is found there (and re-found by
+``nnUNetv2_predict`` from the checkpoint's trainer name, with the same variable set).
+
+What differs from nnUNetTrainerMulModSeg, and why
+- ``num_epochs`` comes from ``$nnUNet_mulmod_demo_epochs`` (``nnunet_mulmod_demo --epochs``), default 16;
+  an epoch is 24 iterations (even: 12 CT and 12 MR steps under ALT) and 4 validation iterations, so that
+  the progress log and the EMA pseudo Dice are updated every ~20 s instead of every 250 iterations.
+- No mirroring, neither as augmentation nor at test time (as nnU-Net's ``*_NoMirroring`` trainers): the
+  phantoms have left and right kidneys as separate classes, which mirroring swaps; and test-time mirroring
+  would cost 8 forward passes per window on a CPU.
+"""
+import os
+
+import torch
+
+from nnunet_mulmod.demo.run_demo import DEFAULT_EPOCHS, EPOCHS_ENV
+from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg
+
+
+def demo_epochs() -> int:
+    value = os.environ.get(EPOCHS_ENV, str(DEFAULT_EPOCHS))
+    try:
+        epochs = int(value)
+    except ValueError:
+        epochs = 0
+    if epochs < 1:
+        raise ValueError(f"${EPOCHS_ENV} must be a positive integer, got {value!r}.")
+    return epochs
+
+
+class nnUNetTrainerMulModSeg_demo(nnUNetTrainerMulModSeg):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = demo_epochs()
+        self.num_iterations_per_epoch = 24
+        self.num_val_iterations_per_epoch = 4
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, _ = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, None
