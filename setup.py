@@ -74,6 +74,7 @@ setup(
             "nnunet_mulmod_compare=evaluation.compare:main",
             "nnunet_mulmod_zeus_instructions=nnunet_mulmod.zeus.instructions:main",
             "nnunet_mulmod_zeus_embed=nnunet_mulmod.zeus.instruction_table:main",
+            "nnunet_mulmod_experiment=evaluation.experiments:main",
         ],
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
