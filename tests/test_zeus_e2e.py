@@ -82,7 +82,7 @@ def test_plan_train_predict_with_zeus_late_fusion(tmp_path, monkeypatch, tiny_me
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, env[key])
     raw_folder = write_dataset(env["nnUNet_raw"])
-    run([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "2d", "-np", "1"], env)
+    run([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "2d", "-np", "1", "-npfp", "1"], env)
 
     # Instructions (offline template backend) and their embeddings, with the CLIs' own main().
     instructions.main(["-d", DATASET])
