@@ -5,13 +5,11 @@ Prediction runs after the instruction table file has been deleted: the checkpoin
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 

@@ -45,7 +45,8 @@ class ZeusNetwork(nn.Module):
                  num_heads: int = 8, mlp_dim: int = 2048):
         super().__init__()
         if fusion not in FUSIONS:
-            raise ZeusSpecError(f"Unknown fusion {fusion!r}; choose one of {FUSIONS} (early fusion is vanilla nnU-Net).")
+            raise ZeusSpecError(f"Unknown fusion {fusion!r}; choose one of {FUSIONS} "
+                                f"(early fusion is vanilla nnU-Net).")
         self.fusion = fusion
         self.channel_modality_index = [int(i) for i in channel_modality_index]
         self.num_classes = num_classes
@@ -104,7 +105,8 @@ def build_zeus_network(plans_manager, configuration_manager, num_input_channels:
                             f"size {configuration_manager.patch_size}. Train the 2d configuration.")
     if len(spec["channel_modalities"]) != num_input_channels or len(spec["class_names"]) != num_output_channels:
         raise ZeusSpecError(f"The Zeus spec ({len(spec['channel_modalities'])} channels, {len(spec['class_names'])} "
-                            f"classes) does not fit {num_input_channels} input channels and {num_output_channels} outputs.")
+                            f"classes) does not fit {num_input_channels} input channels and "
+                            f"{num_output_channels} outputs.")
     dim = spec["decoder_dim"]
     enc = spec["image_encoder"]
     if enc["type"] == "sam":

@@ -82,7 +82,8 @@ class MedCLIPTextEncoder:
         if not os.path.isdir(folder):
             raise ZeusEncoderError(
                 f"MedCLIP text encoder folder {folder} does not exist. It must hold a Hugging Face BERT "
-                f"(config.json, weights, tokenizer) and projection.safetensors or projection.pt with 'weight' [D, hidden] "
+                f"(config.json, weights, tokenizer) and projection.safetensors or projection.pt with 'weight' "
+                f"[D, hidden] "
                 f"(MedCLIP's text_model.projection_head.weight).")
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)

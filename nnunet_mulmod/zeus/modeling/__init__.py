@@ -3,3 +3,6 @@ instruction embeddings (segment_anything's own modules, batched correctly)."""
 from nnunet_mulmod.zeus.modeling.decoder import InstructionMaskDecoder
 from nnunet_mulmod.zeus.modeling.image_encoders import (SAM_VIT_VARIANTS, SamViTFeatureEncoder, UNetFeatureEncoder,
                                                         ZeusCheckpointError, load_sam_image_encoder_weights)
+
+__all__ = ["InstructionMaskDecoder", "SAM_VIT_VARIANTS", "SamViTFeatureEncoder", "UNetFeatureEncoder",
+           "ZeusCheckpointError", "load_sam_image_encoder_weights"]

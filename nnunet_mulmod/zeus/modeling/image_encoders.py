@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ class UNetFeatureEncoder(nn.Module):
         # Later stages are dropped, not just skipped: unused parameters would break DDP and inflate counts.
         self.stages = nn.Sequential(*list(unet_encoder.stages)[:stage + 1])
         self.neck = sam_neck(unet_encoder.output_channels[stage], dim)
-        self.stride = tuple(int(v) for v in np.prod([np.broadcast_to(s, (2,)) for s in unet_encoder.strides[:stage + 1]], 0))
+        strides = [np.broadcast_to(s, (2,)) for s in unet_encoder.strides[:stage + 1]]
+        self.stride = tuple(int(v) for v in np.prod(strides, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem is not None:
