@@ -210,7 +210,7 @@ EXPERIMENTS = {
 def make_experiment(key: str, encoders: Sequence[TextEncoder] = (), ratios: Sequence[float] = (1, 2, 3),
                     epochs: Optional[int] = None, iterations: Optional[int] = None,
                     val_iterations: Optional[int] = None, seed: int = 0,
-                    only: Optional[Sequence[str]] = None) -> Experiment:
+                    only: Optional[Sequence[str]] = None, skip_final_validation: bool = False) -> Experiment:
     """The experiment ``key`` with trainer names assigned; ``only``: keep these setting ids (table order kept)."""
     if key not in EXPERIMENTS:
         raise ValueError(f"Unknown experiment {key!r}; one of {sorted(EXPERIMENTS)}.")
@@ -222,7 +222,7 @@ def make_experiment(key: str, encoders: Sequence[TextEncoder] = (), ratios: Sequ
         if unknown:
             raise ValueError(f"{key} has no setting(s) {unknown}; its settings are {known}.")
         settings = [s for s in settings if s.id in only]
-    assign_trainer_names(settings, epochs, iterations, val_iterations, seed)
+    assign_trainer_names(settings, epochs, iterations, val_iterations, seed, skip_final_validation)
     return Experiment(key, title, settings, metrics)
 
 
@@ -230,7 +230,7 @@ def make_experiment(key: str, encoders: Sequence[TextEncoder] = (), ratios: Sequ
 # trainer names and generated classes
 # ----------------------------------------------------------------------------------------------------------------------
 def assign_trainer_names(settings: Sequence[Setting], epochs: Optional[int], iterations: Optional[int],
-                         val_iterations: Optional[int], seed: int) -> None:
+                         val_iterations: Optional[int], seed: int, skip_final_validation: bool = False) -> None:
     """Stock trainer name when nothing differs from it, else ``<Base>_<what differs>_<hash of the config>``.
 
     The hash covers everything that changes the training (base, budget, ratio and seed, text template and
@@ -246,6 +246,8 @@ def assign_trainer_names(settings: Sequence[Setting], epochs: Optional[int], ite
             config["num_iterations_per_epoch"] = int(iterations)
         if val_iterations is not None:
             config["num_val_iterations_per_epoch"] = int(val_iterations)
+        if skip_final_validation:
+            config["skip_final_validation"] = True
         if s.ratio is not None:
             config.update(ratio=s.ratio, ratio_modalities=list(RATIO_MODALITIES), ratio_seed=int(seed))
         if s.text_table is not None and s.base_trainer in TEXT_TABLE_TRAINERS:
@@ -290,6 +292,10 @@ def trainer_module_source(settings: Sequence[Setting], experiment_folder: str) -
                   "        configure_trainer(self)"]
         if "ratio" in s.trainer_config:
             lines += ["", "    def do_split(self):", "        return ratio_split(self, *super().do_split())"]
+        if s.trainer_config.get("skip_final_validation"):
+            lines += ["", "    def perform_actual_validation(self, save_probabilities: bool = False):",
+                      '        self.print_to_log_file("Final validation skipped (nnunet_mulmod_experiment '
+                      '--no_final_validation)")']
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,9 @@ See docs/evaluation.md, section "Experiments".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import shlex
@@ -114,7 +116,7 @@ def test_case_ids(images_folder: str, file_ending: str) -> List[str]:
     from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
     if not os.path.isdir(images_folder):
         raise ExperimentError(f"Test image folder {images_folder} does not exist; give one with --test_folder.")
-    ids = get_identifiers_from_splitted_dataset_folder(images_folder, file_ending)
+    ids = list(get_identifiers_from_splitted_dataset_folder(images_folder, file_ending))
     if not ids:
         raise ExperimentError(f"{images_folder} holds no images named CASE_XXXX{file_ending}.")
     return list(ids)
@@ -142,7 +144,7 @@ def test_modalities(dataset_json: Mapping, case_ids: Sequence[str], modality_map
     return result
 
 
-def count_parameters(folder: str, checkpoint_name: str = "checkpoint_final.pth") -> Dict[str, int]:
+def count_parameters(folder: str, fold: str, checkpoint_name: str = "checkpoint_final.pth") -> Dict[str, int]:
     """Total and trainable parameters of a trained model, rebuilt as nnUNetv2_predict rebuilds it."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -150,11 +152,13 @@ def count_parameters(folder: str, checkpoint_name: str = "checkpoint_final.pth")
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    checkpoint = torch.load(os.path.join(folder, checkpoint_name), map_location="cpu", weights_only=False)
+    checkpoint = torch.load(os.path.join(folder, f"fold_{fold}", checkpoint_name), map_location="cpu",
+                            weights_only=False)
     plans_manager = PlansManager(load_json(os.path.join(folder, "plans.json")))
     dataset_json = load_json(os.path.join(folder, "dataset.json"))
     configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-    trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its trainer search
+        trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
     network = trainer_class.build_network_architecture(
         plans_manager, configuration_manager,
         determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
@@ -500,7 +504,7 @@ class ExperimentRunner:
                 saved = os.environ.get("nnUNet_extTrainer")
                 os.environ.update(self.predict_env(s))  # generated trainers are found like nnUNetv2_predict finds them
                 try:
-                    counts = count_parameters(os.path.join(self.model_folder(s), f"fold_{self.folds[0]}"))
+                    counts = count_parameters(self.model_folder(s), self.folds[0])
                 finally:
                     if saved is None:
                         os.environ.pop("nnUNet_extTrainer", None)
@@ -592,6 +596,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (default 250)")
     p.add_argument("--val_iterations", type=int, default=None,
                    help="validation iterations per epoch (default 50; min(50, --iterations) with --iterations)")
+    p.add_argument("--no_final_validation", action="store_true",
+                   help="skip nnU-Net's validation of the validation cases after training (the experiment evaluates "
+                        "on the test cases anyway): saves time in quick runs")
     p.add_argument("--text_model", nargs="+", default=None, metavar="[NAME=]SPEC",
                    help="text encoders: hf:<id or folder>, open_clip:<model>:<pretrained tag or file>, a JSON spec, a "
                         "folder (hf) or a CLIP weights file. Table 1: V1/V2/V3 with the first, V3 with the others "
@@ -624,7 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             encoders = [parse_text_model(t) for t in args.text_model or []]
             experiment = make_experiment(args.experiment, encoders, args.ratios, args.epochs, args.iterations,
-                                         args.val_iterations, args.seed, args.settings)
+                                         args.val_iterations, args.seed, args.settings, args.no_final_validation)
         except (ValueError, json.JSONDecodeError) as e:
             raise ExperimentError(str(e)) from e
         device = args.device
