@@ -77,13 +77,17 @@ def test_organs_are_not_separable_by_an_intensity_threshold():
         phantom = make_phantom(modality, 3)
         body = make_anatomy(np.random.default_rng(3)).tissue != AIR  # same seed -> same anatomy
         values = phantom.image[body]
+        cuts = np.quantile(values, np.linspace(0, 1, 41))
+        best = {}
         for organ, value in ORGANS.items():
             mask = (phantom.label == value)[body]
-            cuts = np.quantile(values, np.linspace(0, 1, 41))
-            best = max(2 * (m & mask).sum() / (m.sum() + mask.sum())
-                       for i, lo in enumerate(cuts) for hi in cuts[i + 1:]
-                       for m in [(values >= lo) & (values <= hi)])
-            assert best < 0.75, (modality, organ, best)
+            best[organ] = max(2 * (m & mask).sum() / (m.sum() + mask.sum())
+                              for i, lo in enumerate(cuts) for hi in cuts[i + 1:]
+                              for m in [(values >= lo) & (values <= hi)])
+        # the demo's target is a mean foreground Dice of 0.7; the best threshold is far from it
+        assert np.mean(list(best.values())) < 0.5, (modality, best)
+        assert max(best[o] for o in ("spleen", "kidney_right", "kidney_left")) < 0.5, (modality, best)
+        assert best["liver"] < 0.85, (modality, best)
 
 
 def test_unknown_modality_is_refused():

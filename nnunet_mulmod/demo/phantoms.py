@@ -53,8 +53,8 @@ MR_MEAN = {AIR: 0.0, SUBCUTANEOUS_FAT: 600.0, MUSCLE: 160.0, BONE: 260.0,
            LABELS["kidney_left"]: 520.0}
 # Visceral background and bowel are mixtures: fat fraction f gives f * fat + (1 - f) * soft tissue.
 CT_SOFT_TISSUE_HU, MR_SOFT_TISSUE = 40.0, 350.0
-CT_NOISE_SD_HU = 22.0
-MR_NOISE_SIGMA = 45.0
+CT_NOISE_SD_HU = 12.0
+MR_NOISE_SIGMA = 25.0
 
 
 @dataclass
@@ -156,11 +156,11 @@ def make_anatomy(rng: np.random.Generator, shape_xyz: Sequence[int] = DEFAULT_SH
                                    max_rot, 0.12, shape_zyx) & inner & (tissue != BONE)
         tissue[mask] = LABELS[name]
 
-    organ("spleen", (0.62 * body_a + jitter(8), 0.2 * body_b + jitter(8), 30 + jitter(15)), (32, 50, 55), 30)
+    organ("spleen", (0.62 * body_a + jitter(8), 0.2 * body_b + jitter(8), 30 + jitter(15)), (36, 55, 60), 30)
     organ("liver", (-0.35 * body_a + jitter(10), -0.1 * body_b + jitter(8), 35 + jitter(15)), (75, 70, 70), 15)
     kidney_y = spine_y - 5.0  # kidneys last: they lie behind liver and spleen and stay whole
-    organ("kidney_right", (-62 + jitter(8), kidney_y + jitter(6), -15 + jitter(15)), (30, 25, 52), 25)
-    organ("kidney_left", (62 + jitter(8), kidney_y + jitter(6), -5 + jitter(15)), (30, 25, 52), 25)
+    organ("kidney_right", (-62 + jitter(8), kidney_y + jitter(6), -15 + jitter(15)), (33, 28, 56), 25)
+    organ("kidney_left", (62 + jitter(8), kidney_y + jitter(6), -5 + jitter(15)), (33, 28, 56), 25)
 
     label = np.where(tissue <= max(LABELS.values()), tissue, 0).astype(np.uint8)
     # Visceral fat fraction: a smooth mixture, so that the space around organs ranges from fat to soft tissue.
@@ -186,7 +186,7 @@ def _render(anatomy: Anatomy, rng, tissue_means: Dict[int, float], soft_tissue: 
 
 
 def render_ct(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
-    image = _render(anatomy, rng, CT_MEAN_HU, CT_SOFT_TISSUE_HU, jitter=5.0, texture=8.0)
+    image = _render(anatomy, rng, CT_MEAN_HU, CT_SOFT_TISSUE_HU, jitter=5.0, texture=6.0)
     image += rng.normal(0.0, CT_NOISE_SD_HU, image.shape).astype(np.float32)
     return np.clip(image, -1024, 3071)
 
@@ -202,7 +202,7 @@ def bias_field(rng: np.random.Generator, shape_zyx, strength: float = 0.3) -> np
 
 def render_mr(anatomy: Anatomy, rng: np.random.Generator):
     """MR image and the bias field it was multiplied with."""
-    clean = _render(anatomy, rng, MR_MEAN, MR_SOFT_TISSUE, jitter=30.0, texture=25.0)
+    clean = _render(anatomy, rng, MR_MEAN, MR_SOFT_TISSUE, jitter=30.0, texture=20.0)
     field = bias_field(rng, clean.shape)
     signal = np.maximum(clean, 0) * field
     # Rician noise: magnitude of a complex signal with Gaussian noise in both channels.
