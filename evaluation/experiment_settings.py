@@ -312,16 +312,17 @@ def configure_trainer(trainer) -> None:
 
 
 def ratio_counts(n_major: int, n_minor: int, ratio: float) -> Tuple[int, int]:
-    """How many majority (CT) and minority (MR) training cases make major:minor = ratio:1.
+    """How many majority (CT) and minority (MR) training cases make major:minor closest to ratio:1.
 
-    The minority is reduced first (the paper keeps its CT cases and drops MR ones); when it is already too small
-    for the ratio, the majority is reduced instead. At least one case of each is kept.
+    All majority cases are kept and the minority is subsampled (the paper keeps its CT cases and drops MR ones);
+    only when there are too few minority cases for the ratio is the majority subsampled instead. At least one case
+    of each is kept.
     """
     if ratio <= 0:
         raise ValueError(f"CT:MR ratio must be > 0, got {ratio}")
-    keep_minor = max(1, min(n_minor, int(math.floor(n_major / ratio + 1e-9))))
-    keep_major = max(1, min(n_major, int(round(keep_minor * ratio))))
-    return keep_major, keep_minor
+    if n_minor * ratio >= n_major:
+        return n_major, max(1, min(n_minor, int(round(n_major / ratio))))
+    return max(1, min(n_major, int(round(n_minor * ratio)))), n_minor
 
 
 def ratio_split(trainer, tr_keys, val_keys):
