@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime
 import io
 import json
@@ -27,9 +28,9 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
-from evaluation.experiment_settings import (EXPERIMENTS, PROMPTED_TRAINERS, TEXT_TABLE_TRAINERS, ZEUS_TRAINERS,
+from evaluation.experiment_settings import (EXPERIMENTS, TEXT_TABLE_TRAINERS, ZEUS_TRAINERS,
                                             Experiment, Setting, TextTableSpec, make_experiment, parse_text_model,
                                             trainer_module_source)
 
@@ -397,8 +398,8 @@ class ExperimentRunner:
             path = self.text_table_path(spec)
             key = f"text_table/{spec.file_name}"
             if self.dry_run:
-                self.progress(f"text table {spec.template} x {spec.encoder.name} -> {path}: "
-                              f"{'done' if os.path.isfile(path) else 'build_text_table(' + repr(spec.encoder.spec_dict) + ')'}")
+                plan = "done" if os.path.isfile(path) else f"build_text_table({spec.encoder.spec_dict!r})"
+                self.progress(f"text table {spec.template} x {spec.encoder.name} -> {path}: {plan}")
                 continue
             if self.state.is_done(key) and os.path.isfile(path):
                 self.progress(f"text table {spec.file_name}: done, skipped")
@@ -463,7 +464,8 @@ class ExperimentRunner:
         if os.path.isdir(output):  # interrupted, or the model changed: start over
             shutil.rmtree(output)
         self.state.mark(key, "started")
-        run_command(command, self.predict_env(s), os.path.join(self.output, LOG_FOLDER, f"predict_{s.id}_fold_{fold}.log"))
+        log = os.path.join(self.output, LOG_FOLDER, f"predict_{s.id}_fold_{fold}.log")
+        run_command(command, self.predict_env(s), log)
         missing = [e for e in expected if not os.path.isfile(os.path.join(output, e))]
         if missing:
             raise ExperimentError(f"Prediction of {s.id} fold {fold} left out {missing[:10]}; see the log.")
@@ -533,10 +535,10 @@ class ExperimentRunner:
             raise ExperimentError(f"Report of {self.output}: {e}") from e
         rows = self.parameters()
         csv_path = os.path.join(report_folder, PARAMETERS_FILE)
-        with open(csv_path, "w") as f:
-            f.write("setting,name,trainer,parameters,trainable_parameters\n")
-            for r in rows:
-                f.write(f"{r['setting']},\"{r['name']}\",{r['trainer']},{r['parameters']},{r['trainable_parameters']}\n")
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["setting", "name", "trainer", "parameters", "trainable_parameters"])
+            writer.writeheader()
+            writer.writerows(rows)
         table = ["## Parameters", "", "Counted on the network nnUNetv2_predict rebuilds from each run's plans.json "
                  "(frozen text/instruction embeddings are buffers, not parameters).", "",
                  "| setting | trainer | parameters | trainable |", "|---|---|---:|---:|"]

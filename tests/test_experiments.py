@@ -39,8 +39,8 @@ def workspace(tmp_path_factory):
                PYTHONUNBUFFERED="1")
     env.pop("nnUNet_n_proc_DA", None)  # nnU-Net's planner fails with 0; training below uses 0
     write_dataset(str(root / "raw"), DATASET_ID, n_train={"CT": 3, "MR": 3})
-    proc = subprocess.run([find_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
-                           "-npfp", "1"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([find_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
+                           "-np", "1", "-npfp", "1"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     split_file = root / "pre" / DATASET / "splits_final.json"
     split_file.write_text(json.dumps(SPLIT))
@@ -168,7 +168,8 @@ def test_dry_run_table2_and_table6(nnunet_env, capsys):
     assert "nnUNetv2_predict" in ct_predict and "-tr nnUNetTrainerCTOnly " in ct_predict
     assert "test_inputs/CT " in ct_predict and "(1 cases)" in ct_predict
     [alt_predict] = lines_with(out, "predict alt_text fold 1")
-    assert "nnunet_mulmod_predict -m " in alt_predict and "nnUNetTrainerMulModSeg__nnUNetPlans__3d_fullres" in alt_predict
+    assert "nnunet_mulmod_predict -m " in alt_predict
+    assert "nnUNetTrainerMulModSeg__nnUNetPlans__3d_fullres" in alt_predict
     assert "--modality_map" in alt_predict and "--wrong_prompt" not in alt_predict and "(2 cases)" in alt_predict
     assert "nnUNetv2_predict" in lines_with(out, "predict alt_no_text fold 0")[0]
     assert not (nnunet_env / "t2").exists()  # a dry run writes nothing
