@@ -32,6 +32,17 @@ def loss_curves_from_checkpoint(checkpoint_file: str) -> Dict[str, List[float]]:
             if "loss" in k and isinstance(values, (list, tuple)) and len(values) > 0}
 
 
+def _readable_curve_name(key: str) -> str:
+    """nnU-Net's logging keys as legend text: train_losses -> 'train loss', train_loss_CT -> 'train loss, CT batches'."""
+    if key == "train_losses":
+        return "train loss"
+    if key == "val_losses":
+        return "validation loss"
+    if key.startswith("train_loss_"):
+        return f"train loss, {key[len('train_loss_'):]} batches"
+    return key
+
+
 def plot_training_curves(curves: Mapping[str, Sequence[float]], output_file: str,
                          pseudo_dice: Optional[Sequence[float]] = None, title: str = "") -> str:
     """Loss per epoch, one line per logged loss (per-modality training losses dashed)."""
@@ -39,18 +50,18 @@ def plot_training_curves(curves: Mapping[str, Sequence[float]], output_file: str
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, values in curves.items():
         style = "--" if name.startswith("train_loss_") else "-"
-        ax.plot(np.arange(len(values)), values, style, label=name, linewidth=1.8)
+        ax.plot(np.arange(len(values)), values, style, label=_readable_curve_name(name), linewidth=1.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     if pseudo_dice is not None and len(pseudo_dice):
         ax2 = ax.twinx()
-        ax2.plot(np.arange(len(pseudo_dice)), pseudo_dice, ":", color="black", label="pseudo Dice (val)")
+        ax2.plot(np.arange(len(pseudo_dice)), pseudo_dice, ":", color="black", label="mean pseudo Dice (validation)")
         ax2.set_ylabel("pseudo Dice")
         ax2.set_ylim(0, 1)
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()
-        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
     else:
         ax.legend(fontsize=8)
     ax.set_title(title or "Training curves")

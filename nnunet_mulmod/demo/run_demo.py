@@ -389,7 +389,7 @@ def write_figures(output_dir, results, dataset, dataset_raw, predictions, datase
         if curves:
             figures["training curves"] = plot_training_curves(
                 curves, os.path.join(output_dir, "training_curves.png"),
-                pseudo_dice=logging.get("ema_fg_dice"), title=f"{trainer} on {dataset}")
+                pseudo_dice=logging.get("mean_fg_dice"), title=f"{trainer} on {dataset}")
     per_case = {c["case_id"]: float(_mean_foreground_dice(c)) for c in summary["metric_per_case"]}
     figures["overlay"] = make_overlay(dataset_raw, predictions, dataset_json,
                                       os.path.join(output_dir, "overlay.png"), per_case)
