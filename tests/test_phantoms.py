@@ -143,3 +143,52 @@ def test_writer_refuses_to_overwrite_unless_asked(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         write_phantom_dataset(str(tmp_path), **kwargs)
     write_phantom_dataset(str(tmp_path), overwrite=True, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the demo runner's own pieces (the full demo run is minutes: not a unit test)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_failing_step_reports_command_and_log(tmp_path):
+    import sys
+    from nnunet_mulmod.demo.run_demo import StepFailed, run_logged
+    log = str(tmp_path / "logs" / "step.log")
+    with pytest.raises(StepFailed) as info:
+        run_logged("broken", [sys.executable, "-c", "print('working'); raise SystemExit('boom in step')"], log,
+                   dict(os.environ))
+    assert info.value.returncode == 1 and info.value.log_file == log
+    assert "boom in step" in info.value.tail and "working" in open(log).read()
+    with pytest.raises(StepFailed) as info:
+        run_logged("missing", ["no_such_command_nnunet_mulmod"], log, dict(os.environ))
+    assert info.value.returncode == 127
+
+
+def test_demo_plans_only_narrow_the_network(tmp_path):
+    from nnunet_mulmod.demo.run_demo import CONFIGURATION, DEMO_PLANS, derive_demo_plans
+    arch = {"n_stages": 5, "features_per_stage": [32, 64, 128, 256, 320], "strides": [[1, 1, 1]] + [[2, 2, 2]] * 4}
+    plans = {"plans_name": "nnUNetPlans", "configurations": {CONFIGURATION: {
+        "data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [32, 40, 48], "batch_size": 2,
+        "architecture": {"arch_kwargs": arch}}}}
+    with open(tmp_path / "nnUNetPlans.json", "w") as f:
+        json.dump(plans, f)
+    path = derive_demo_plans(str(tmp_path), base_features=16)
+    with open(path) as f:
+        derived = json.load(f)
+    assert os.path.basename(path) == DEMO_PLANS + ".json" and derived["plans_name"] == DEMO_PLANS
+    config = derived["configurations"][CONFIGURATION]
+    assert config["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128, 256]
+    # same preprocessed data, patch and batch as nnU-Net's plans; nnU-Net's own file untouched
+    assert config["data_identifier"] == "nnUNetPlans_3d_fullres" and config["patch_size"] == [32, 40, 48]
+    with open(tmp_path / "nnUNetPlans.json") as f:
+        assert json.load(f) == plans
+
+
+def test_training_progress_follows_nnunet_log_lines():
+    from nnunet_mulmod.demo.run_demo import TrainingProgress
+    progress = TrainingProgress(total_epochs=2)
+    for line in ["2026-01-01 00:00:00.0: Epoch 0", "2026-01-01: train_loss per modality: CT 0.9, MR 1.1",
+                 "2026-01-01: train_loss 1.0", "2026-01-01: Pseudo dice [np.float32(0.5), np.float32(0.7)]",
+                 "2026-01-01: Epoch time: 9.5 s"]:
+        progress(line)
+    assert progress.bar.n == 1 and progress.postfix["pseudo Dice"] == "0.600"
+    assert progress.postfix["per modality"] == "CT 0.9, MR 1.1"
+    progress.close()
