@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from synthetic import write_dataset  # noqa: E402
 
-from evaluation.experiment_settings import make_experiment, ratio_counts, ratio_split  # noqa: E402
+from evaluation.experiment_settings import make_experiment, ratio_counts, ratio_split, trainer_module_source  # noqa: E402,E501
 from evaluation.experiments import STATE_FILE, find_command, main  # noqa: E402
 
 DATASET_ID = 871
@@ -258,3 +258,28 @@ def test_ratio_split_subsamples_training_cases_only():
     trainer = FakeTrainer(config)
     ratio_split(trainer, tr, val)
     assert "training on 6 of 6 CT and 3 of 6 MR cases" in trainer.messages[0]
+
+
+def test_generated_ratio_trainer_found_by_nnunet_and_splits_untouched(nnunet_env, monkeypatch):
+    """The generated class, as nnU-Net finds it, trains on the subsampled split; splits_final.json is not written."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    experiment = make_experiment("mulmodseg_table5", ratios=(2,), epochs=7, iterations=3,
+                                 only=["ratio_2to1_alt_no_text"])
+    [setting] = experiment.settings
+    folder = nnunet_env / "generated"
+    folder.mkdir()
+    (folder / "nnunet_mulmod_experiment_trainers.py").write_text(trainer_module_source(experiment.settings, "test"))
+    monkeypatch.setenv("nnUNet_extTrainer", str(folder))
+    trainer_class = recursive_find_trainer_class_by_name(setting.trainer)
+    pre = nnunet_env / "pre" / DATASET
+    split_file = pre / "splits_final.json"
+    split_before = split_file.read_bytes()
+    plans = dict(json.loads((pre / "nnUNetPlans.json").read_text()), continue_training=False)  # run_training sets it
+    trainer = trainer_class(plans, "3d_fullres", 0, json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (7, 3, 3)
+    tr_keys, val_keys = trainer.do_split()
+    assert sorted(val_keys) == sorted(SPLIT[0]["val"])
+    assert sorted(k for k in tr_keys if k.startswith("ct")) == ["ct_tr_000", "ct_tr_001"]
+    assert len([k for k in tr_keys if k.startswith("mr")]) == 1 and set(tr_keys) <= set(SPLIT[0]["train"])
+    assert split_file.read_bytes() == split_before
