@@ -123,8 +123,12 @@ def test_case_ids(images_folder: str, file_ending: str) -> List[str]:
     return list(ids)
 
 
-def test_modalities(dataset_json: Mapping, case_ids: Sequence[str], modality_map_file: Optional[str]) -> Dict[str, str]:
-    """Each test case's modality: --test_modality_map first, then dataset.json's case_modalities."""
+def test_modalities(dataset_json: Mapping, case_ids: Sequence[str], modality_map_file: Optional[str],
+                    required: bool = True) -> Dict[str, str]:
+    """Each test case's modality: --test_modality_map first, then dataset.json's case_modalities.
+
+    ``required``: every case must have one (prompted models and single-modality rows need it; Zeus's aligned
+    multi-channel cases have none, and the report then groups them as untagged)."""
     from nnunet_mulmod.modality import lookup_case_modality
     given = {}
     if modality_map_file:
@@ -137,7 +141,7 @@ def test_modalities(dataset_json: Mapping, case_ids: Sequence[str], modality_map
             missing.append(case)
         else:
             result[case] = modality
-    if missing:
+    if missing and required:
         raise ExperimentError(
             f"No modality for test case(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}: the experiment "
             f"predicts and reports per modality. Add them to dataset.json 'case_modalities' "
@@ -251,7 +255,9 @@ class ExperimentRunner:
         self.test_labels = os.path.abspath(test_labels or os.path.join(os.path.dirname(self.test_images), "labelsTs"))
         file_ending = self.dataset_json["file_ending"]
         self.test_cases = test_case_ids(self.test_images, file_ending)
-        self.case_modalities = test_modalities(self.dataset_json, self.test_cases, test_modality_map)
+        needs_modalities = any(s.prompted or s.predict_modalities for s in experiment.settings)
+        self.case_modalities = test_modalities(self.dataset_json, self.test_cases, test_modality_map,
+                                               required=needs_modalities)
         # evaluation and the report group cases by modality from dataset.json: give them the test cases' tags
         self.eval_dataset_json = json.loads(json.dumps(self.dataset_json))
         self.eval_dataset_json.setdefault("case_modalities", {}).update(self.case_modalities)
