@@ -223,8 +223,9 @@ def test_real_ct_and_mr_through_train_and_predict(workspace):
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
     preprocess(env, 779)
     run(["nnunet_mulmod_build_text_table", "-d", "779", "--encoder", "hf", "--model", minilm_path()], env)
+    # with nnU-Net's augmentation worker processes (one per modality stream)
     _, log = run(["nnUNetv2_train", "779", "3d_fullres", "all", "-tr", "nnUNetTrainerMulModSeg_test", "-device",
-                  "cpu"], train_env(env, 1))
+                  "cpu"], dict(train_env(env, 1), nnUNet_n_proc_DA="2"))
     assert "ALT training cases per modality: CT: 3, MR: 3" in log
     test_in = root / "real_test"
     test_in.mkdir()

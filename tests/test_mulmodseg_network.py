@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from nnunet_mulmod.modeling.dynamic_head import (NUM_DYNAMIC_PARAMS, MulModSegController, _apply_dynamic_convs,
-                                                 dynamic_head, split_dynamic_params)
+from nnunet_mulmod.modeling.dynamic_head import (NUM_DYNAMIC_PARAMS, MulModSegController, dynamic_head,
+                                                 split_dynamic_params)
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 
 
@@ -42,8 +42,8 @@ def test_grouped_head_equals_per_sample_reference(spatial):
     features = torch.randn(3, 8, *spatial, dtype=torch.float64)
     params = torch.randn(3, 4, 153, dtype=torch.float64)
     expected = reference_head(features, params)
-    assert torch.allclose(_apply_dynamic_convs(features, params), expected, atol=1e-10)
-    assert torch.allclose(dynamic_head(features, params), expected, atol=1e-10)
+    assert torch.allclose(dynamic_head(features, params, max_hidden_ratio=1e9), expected, atol=1e-10)  # one pass
+    assert torch.allclose(dynamic_head(features, params, max_hidden_ratio=0.5), expected, atol=1e-10)  # slabs
 
 
 def test_slabbed_checkpointed_head_matches_single_pass_gradients():
@@ -54,7 +54,7 @@ def test_slabbed_checkpointed_head_matches_single_pass_gradients():
     (out ** 2).sum().backward()
     g_features, g_params = features.grad.clone(), params.grad.clone()
     features.grad = params.grad = None
-    (_apply_dynamic_convs(features, params) ** 2).sum().backward()
+    (dynamic_head(features, params, max_hidden_ratio=1e9) ** 2).sum().backward()  # single pass, no checkpoint
     assert torch.allclose(g_features, features.grad) and torch.allclose(g_params, params.grad)
 
 

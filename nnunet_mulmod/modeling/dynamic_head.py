@@ -72,46 +72,44 @@ def split_dynamic_params(params: torch.Tensor) -> tuple[List[torch.Tensor], List
 def _apply_dynamic_convs(features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """The three dynamic 1x1 convolutions of every (sample, class) pair as batched matrix products.
 
-    A 1x1 convolution is a matrix product over the channel axis, so [B, 8, N] voxels go through
-    per-sample [K*8, 8] weights (layer 1, one batch entry per sample), then per-(sample, class) [8, 8]
-    and [1, 8] weights (layers 2, 3, one batch entry per pair). Same result as grouped convolutions with
-    groups=B, B*K, B*K, and faster on CPU and GPU.
+    features [B, 8, N] (voxels flattened; may be a strided slab), params [B, K, 153] -> [B*K, 1, N].
+    A 1x1 convolution is a matrix product over the channel axis, so the voxels go through per-sample
+    [K*8, 8] weights (layer 1, one batch entry per sample), then per-(sample, class) [8, 8] and [1, 8]
+    weights (layers 2, 3, one batch entry per pair): grouped convolutions with groups=B, B*K, B*K.
     """
-    b, c = features.shape[:2]
+    b, c, n = features.shape
     k = params.shape[1]
-    spatial = features.shape[2:]
     weights, biases = split_dynamic_params(params.to(features.dtype))
-    x = features.reshape(b, c, -1)
-    x = torch.baddbmm(biases[0].view(b, k * 8, 1), weights[0].view(b, k * 8, c), x).relu_()
-    x = x.view(b * k, 8, -1)
+    x = torch.baddbmm(biases[0].view(b, k * 8, 1), weights[0].view(b, k * 8, c), features).relu_()
+    x = x.view(b * k, 8, n)
     x = torch.baddbmm(biases[1].view(b * k, 8, 1), weights[1].view(b * k, 8, 8), x).relu_()
-    x = torch.baddbmm(biases[2].view(b * k, 1, 1), weights[2].view(b * k, 1, 8), x)
-    return x.view(b, k, *spatial)
+    return torch.baddbmm(biases[2].view(b * k, 1, 1), weights[2].view(b * k, 1, 8), x)
 
 
-def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio: float = 2.0) -> torch.Tensor:
+def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio: float = 4.0) -> torch.Tensor:
     """Applies the per-(sample, class) dynamic convolutions. features [B, 8, *S], params [B, K, 153] -> [B, K, *S].
 
     The hidden maps of all heads together have B*K*8 channels at the feature map's resolution, which
     for 14 classes is far more memory than the whole last decoder stage. The heads are 1x1 convolutions,
-    i.e. pointwise, so the map is processed in slabs along its first spatial axis; while training each slab is
-    checkpointed (its hidden maps are recomputed in the backward pass instead of stored). The hidden maps
-    alive at any time are then at most ``max_hidden_ratio`` times the size of ``features``. The result is
-    exactly the same as a single pass.
+    i.e. pointwise, so the voxels are processed in slabs; while training each slab is checkpointed (its
+    hidden maps are recomputed in the backward pass instead of stored). The hidden maps alive at any time
+    are then at most ``max_hidden_ratio`` times the size of ``features``. The result is exactly the same
+    as a single pass.
     """
     if features.shape[1] != HEAD_CHANNELS:
         raise ValueError(f"dynamic head expects {HEAD_CHANNELS}-channel features, got {features.shape[1]}")
-    k = params.shape[1]
+    b, k = params.shape[:2]
+    spatial = features.shape[2:]
+    flat = features.reshape(b, HEAD_CHANNELS, -1)
     hidden_per_feature = k * DYNAMIC_LAYERS[0][1] / HEAD_CHANNELS  # hidden channels per feature channel
-    n_slabs = min(features.shape[2], max(1, math.ceil(hidden_per_feature / max_hidden_ratio)))
-    needs_grad = torch.is_grad_enabled() and (features.requires_grad or params.requires_grad)
+    n_slabs = min(flat.shape[2], max(1, math.ceil(hidden_per_feature / max_hidden_ratio)))
     if n_slabs == 1:
-        return _apply_dynamic_convs(features, params)
-    slab = math.ceil(features.shape[2] / n_slabs)
+        return _apply_dynamic_convs(flat, params).view(b, k, *spatial)
+    needs_grad = torch.is_grad_enabled() and (features.requires_grad or params.requires_grad)
     outputs = []
-    for part in torch.split(features, slab, dim=2):
+    for part in torch.split(flat, math.ceil(flat.shape[2] / n_slabs), dim=2):  # strided views, no copies
         if needs_grad:
             outputs.append(checkpoint(_apply_dynamic_convs, part, params, use_reentrant=False))
         else:
             outputs.append(_apply_dynamic_convs(part, params))
-    return torch.cat(outputs, dim=2)
+    return torch.cat(outputs, dim=2).view(b, k, *spatial)
