@@ -110,14 +110,15 @@ def measure(args) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for i in range(args.steps + 1):
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         trainer.train_step(batch)
         sync()
         if i > 0:
             times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -137,11 +138,12 @@ def measure(args) -> dict:
     volume = torch.randn(1, *([8] if len(patch) == 2 else []), *[int(p * 1.5) for p in patch])
     predictor.predict_sliding_window_return_logits(volume)  # warm-up
     sync()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     predictor.predict_sliding_window_return_logits(volume)
     sync()
-    inference = time.perf_counter() - t
-    return {"step_s": statistics.median(times), "inference_s": inference, "peak_bytes": peak,
+    inference, inference_cpu = time.perf_counter() - t, time.process_time() - c
+    return {"step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu_times),
+            "inference_s": inference, "inference_cpu_s": inference_cpu, "peak_bytes": peak,
             "params": sum(p.numel() for p in network.parameters() if p.requires_grad),
             "architecture": plans["configurations"][args.configuration]["architecture"]["network_class_name"],
             "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"]}
@@ -191,12 +193,16 @@ def main():
         rows.append((configuration, patch, v, m))
     print(f"\nMulModSeg / vanilla nnU-Net, same plans and batch (batch {args.batch}, device {args.device}, "
           f"{args.steps} timed steps, text dim {args.embed_dim}, 14 classes)")
+    print("Times are medians of wall-clock seconds, and in [brackets] of the process's CPU seconds, which a "
+          "busy machine disturbs less.")
     print("| configuration | patch | architecture | step time | inference | parameters | peak memory |")
     print("|---|---|---|---|---|---|---|")
     for configuration, patch, v, m in rows:
-        print(f"| {configuration} | {'x'.join(map(str, patch))} | {v['architecture']} {v['features']} | "
-              f"{m['step_s'] / v['step_s']:.3f} ({v['step_s']:.2f}s -> {m['step_s']:.2f}s) | "
-              f"{m['inference_s'] / v['inference_s']:.3f} ({v['inference_s']:.2f}s -> {m['inference_s']:.2f}s) | "
+        print(f"| {configuration} | {'x'.join(map(str, patch))} | {v['architecture'].split('.')[-1]} {v['features']} | "
+              f"{m['step_s'] / v['step_s']:.3f} [{m['step_cpu_s'] / v['step_cpu_s']:.3f}] "
+              f"({v['step_s']:.2f}s -> {m['step_s']:.2f}s) | "
+              f"{m['inference_s'] / v['inference_s']:.3f} [{m['inference_cpu_s'] / v['inference_cpu_s']:.3f}] "
+              f"({v['inference_s']:.2f}s -> {m['inference_s']:.2f}s) | "
               f"{m['params'] / v['params']:.4f} ({v['params'] / 1e6:.2f}M -> {m['params'] / 1e6:.2f}M) | "
               f"{m['peak_bytes'] / max(v['peak_bytes'], 1):.3f} ({v['peak_bytes'] / 2**20:.0f} -> "
               f"{m['peak_bytes'] / 2**20:.0f} MiB) |")
