@@ -5,7 +5,7 @@ nnU-Net subprocesses, so ``-tr nnUNetTrainerMulModSeg_demo`` is found there (and
 ``nnUNetv2_predict`` from the checkpoint's trainer name, with the same variable set).
 
 What differs from nnUNetTrainerMulModSeg, and why
-- ``num_epochs`` comes from ``$nnUNet_mulmod_demo_epochs`` (``nnunet_mulmod_demo --epochs``), default 16;
+- ``num_epochs`` comes from ``$nnUNet_mulmod_demo_epochs`` (``nnunet_mulmod_demo --epochs``), default 30;
   an epoch is 24 iterations (even: 12 CT and 12 MR steps under ALT) and 4 validation iterations, so that
   the progress log and the EMA pseudo Dice are updated every ~20 s instead of every 250 iterations.
 - No data augmentation (as nnU-Net's ``nnUNetTrainerNoDA``): the phantoms already vary in pose, size and

@@ -31,7 +31,7 @@ DEMO_PLANS = "nnUNetPlans_demo"
 MARKER_FILE = "nnunet_mulmod_demo.json"
 # Environment variable through which the demo passes --epochs to the demo trainer (demo_trainer.py).
 EPOCHS_ENV = "nnUNet_mulmod_demo_epochs"
-DEFAULT_EPOCHS = 16
+DEFAULT_EPOCHS = 30
 # Folder with the demo trainer, added to nnUNet_extTrainer for the demo's nnU-Net subprocesses.
 DEMO_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_trainers")
 
