@@ -1,8 +1,7 @@
 """The demo's short MulModSeg schedule: a few hundred iterations on 2 CPU cores.
 
-``nnunet_mulmod_demo`` adds ``nnunet_mulmod/demo/nnunet_trainers`` to ``nnUNet_extTrainer`` for its own
-nnU-Net subprocesses, so ``-tr nnUNetTrainerMulModSeg_demo`` is found there (and re-found by
-``nnUNetv2_predict`` from the checkpoint's trainer name, with the same variable set).
+Registered with nnU-Net like every trainer of the package (nnunet_mulmod/nnunet_trainers), so
+``-tr nnUNetTrainerMulModSeg_demo`` works outside the demo too.
 
 What differs from nnUNetTrainerMulModSeg, and why
 - ``num_epochs`` comes from ``$nnUNet_mulmod_demo_epochs`` (``nnunet_mulmod_demo --epochs``), default 30;

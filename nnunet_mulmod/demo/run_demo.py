@@ -32,8 +32,6 @@ MARKER_FILE = "nnunet_mulmod_demo.json"
 # Environment variable through which the demo passes --epochs to the demo trainer (demo_trainer.py).
 EPOCHS_ENV = "nnUNet_mulmod_demo_epochs"
 DEFAULT_EPOCHS = 30
-# Folder with the demo trainer, added to nnUNet_extTrainer for the demo's nnU-Net subprocesses.
-DEMO_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_trainers")
 
 
 class StepFailed(RuntimeError):
@@ -263,8 +261,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                nnUNet_n_proc_DA=str(max(args.num_processes - 1, 0)),
                nnUNet_def_n_proc=str(args.num_processes), PYTHONUNBUFFERED="1")
     env[EPOCHS_ENV] = str(args.epochs)
-    env["nnUNet_extTrainer"] = os.pathsep.join(
-        [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p] + [DEMO_TRAINER_FOLDER])
     for variable in ("nnUNet_mulmod_text_table",):  # an outside table would not match the phantom dataset
         env.pop(variable, None)
 

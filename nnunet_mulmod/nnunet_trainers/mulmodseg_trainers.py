@@ -8,3 +8,4 @@ from nnunet_mulmod.training.mulmodseg_trainer import (  # noqa: F401
     nnUNetTrainerMulModSegOneHot,
 )
 from nnunet_mulmod.training.short_schedules import *  # noqa: F401,F403
+from nnunet_mulmod.demo.demo_trainer import nnUNetTrainerMulModSeg_demo  # noqa: F401,E402
