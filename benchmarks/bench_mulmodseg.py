@@ -184,7 +184,7 @@ def main():
                    "--patch", *map(str, patch), "--batch", str(args.batch), "--steps", str(args.steps),
                    "--device", args.device, "--embed_dim", str(args.embed_dim)]
             # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
-            out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True)
+            out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True, encoding="utf-8", errors="replace")
             line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
             if out.returncode != 0 or not line:
                 raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

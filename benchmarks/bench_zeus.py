@@ -175,7 +175,7 @@ def main():
     results = {}
     for model in MODELS:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", model] + sys.argv[1:]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace")
         if out.returncode != 0:
             sys.exit(f"{model} failed:\n{out.stderr[-3000:]}")
         results[model] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -335,7 +335,7 @@ def write_dataset_json(folder: str, channel_names: Mapping[int, str], labels: Ma
         set_modalities(dataset_json, case_modalities, vocabulary=vocabulary, channel_modalities=channel_modalities)
     except ModalityError as e:
         raise ConversionError(str(e)) from None
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(dataset_json, f, indent=4, sort_keys=False)
     return dataset_json
 

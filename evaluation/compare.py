@@ -299,7 +299,7 @@ def compare_models(inputs: Mapping[str, str], reference_folder: Optional[str] = 
     paths = {"markdown": os.path.join(output_folder, "comparison.md"),
              "csv": os.path.join(output_folder, "comparison.csv"),
              "per_case_csv": os.path.join(output_folder, "per_case.csv")}
-    with open(paths["markdown"], "w") as f:
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(markdown)
     result["statistics"].to_csv(paths["csv"], index=False)
     result["per_case"].to_csv(paths["per_case_csv"], index=False)

@@ -330,7 +330,7 @@ def evaluate_folder(ref_folder: str, pred_folder: str, dataset_json: Union[str, 
     summary = _to_builtin(summary)
     if output_file is not None:
         os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-        with open(output_file, "w") as f:
+        with open(output_file, "w", encoding="utf-8") as f:
             # nnU-Net's save_summary_json also sorts keys (foreground_mean first) and keeps NaN as NaN
             json.dump(summary, f, sort_keys=True, indent=4)
     return summary

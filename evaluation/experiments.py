@@ -85,7 +85,7 @@ class ExperimentState:
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.data, f, indent=2)
         os.replace(tmp, self.path)  # an interruption never leaves half a state file
 
@@ -198,7 +198,7 @@ def run_command(command: Sequence[str], env_changes: Mapping[str, str], log_file
         log.write(f"\n$ {format_command(command, env_changes)}\n")
         log.flush()
         try:
-            process = subprocess.Popen(resolved, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            process = subprocess.Popen(resolved, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
                                        bufsize=1)
         except FileNotFoundError as e:
             raise ExperimentError(f"{command[0]} not found ({e}): are nnunetv2 and nnunet-mulmod installed in this "
@@ -366,7 +366,7 @@ class ExperimentRunner:
         if any(s.trainer_config for s in self.experiment.settings):
             os.makedirs(self.trainer_folder, exist_ok=True)
             if not os.path.isfile(module) or open(module).read() != source:
-                with open(module + ".tmp", "w") as f:
+                with open(module + ".tmp", "w", encoding="utf-8") as f:
                     f.write(source)
                 os.replace(module + ".tmp", module)
         inputs = os.path.join(self.output, TEST_INPUT_FOLDER)
@@ -541,7 +541,7 @@ class ExperimentRunner:
             raise ExperimentError(f"Report of {self.output}: {e}") from e
         rows = self.parameters()
         csv_path = os.path.join(report_folder, PARAMETERS_FILE)
-        with open(csv_path, "w", newline="") as f:
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, ["setting", "name", "trainer", "parameters", "trainable_parameters"])
             writer.writeheader()
             writer.writerows(rows)

@@ -585,10 +585,10 @@ def write_report(results_folder: str, output_folder: Optional[str] = None, metri
     paths["per_case_csv"] = os.path.join(output_folder, "per_case.csv")
     df.to_csv(paths["per_case_csv"], index=False)
     paths["latex"] = os.path.join(output_folder, "tables.tex")
-    with open(paths["latex"], "w") as f:
+    with open(paths["latex"], "w", encoding="utf-8") as f:
         f.write("% needs \\usepackage{booktabs,graphicx}\n" + "\n".join(tex))
     paths["markdown"] = os.path.join(output_folder, "report.md")
-    with open(paths["markdown"], "w") as f:
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     return paths
 

@@ -142,7 +142,7 @@ def write_plans_variant(dataset_name_or_id: str, preset: str, source_plans: str 
         plans = json.load(f)
     variant = make_variant(plans, preset, target_plans, **kwargs)
     tmp = target_file + ".partial"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(variant, f, indent=4, sort_keys=False)
     os.replace(tmp, target_file)
     return target_file

@@ -184,8 +184,8 @@ def test_startup_hook_is_cheap_and_can_be_switched_off():
              "from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import get_normalization_scheme;"
              "print(get_normalization_scheme('CT_or_MR').__name__)")
     env = {k: v for k, v in os.environ.items() if k != "NNUNET_MULMOD_NO_AUTOREGISTER"}
-    on = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    on = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", check=True)
     assert on.stdout.strip() == "MulModIntensityNormalization"
     off = subprocess.run([sys.executable, "-c", probe], env={**env, "NNUNET_MULMOD_NO_AUTOREGISTER": "1"},
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", check=True)
     assert off.stdout.strip() == "ZScoreNormalization"

@@ -21,7 +21,7 @@ def write_summary(path, dice_per_case, modalities):
               "metrics": {"1": {"Dice": d, "IoU": d / (2 - d)}, "2": {"Dice": 0.5, "IoU": 1 / 3}}}
              for i, d in enumerate(dice_per_case)]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump({"metric_per_case": cases, "mean": {}, "foreground_mean": {},
                    "nnunet_mulmod": {"label_names": {"1": "liver", "2": "spleen"}}}, f)
     return path

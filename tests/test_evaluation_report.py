@@ -21,7 +21,7 @@ def results(tmp_path_factory):
             evaluate_folder(data["labels"], folder, data["dataset_json"],
                             str(root / "results" / method / f"fold_{fold}" / "summary.json"), num_processes=1,
                             missing="skip", progress=False)
-    with open(root / "results" / "report_settings.json", "w") as f:
+    with open(root / "results" / "report_settings.json", "w", encoding="utf-8") as f:
         json.dump({"title": "Toy table", "settings": [{"name": "Baseline", "path": "bad"},
                                                       {"name": "Ours", "path": "good"}]}, f)
     return {"root": root, "data": data, "results": str(root / "results")}
@@ -91,7 +91,7 @@ def test_nnunet_results_folder_with_nnunets_own_summaries(results, tmp_path):
                               [1, 2, 3], None, 1)
     with open(results["data"]["dataset_json"]) as f:
         dataset = json.load(f)
-    json.dump(dataset, open(trainer / "dataset.json", "w"))
+    json.dump(dataset, open(trainer / "dataset.json", "w", encoding="utf-8"))
     df = load_case_metrics(str(tmp_path / "Dataset001_Toy"))
     assert set(df["setting"]) == {"nnUNetTrainer__nnUNetPlans__3d_fullres"}
     modality_by_case = df.drop_duplicates("case_id").set_index("case_id")["modality"].to_dict()
@@ -106,7 +106,7 @@ def test_results_of_another_dataset_in_the_same_folder_are_named(results, tmp_pa
     summary_file = folder / "good" / "fold_0" / "summary.json"
     summary = json.load(open(summary_file))
     summary["nnunet_mulmod"]["label_names"] = {"1": "tumour", "2": "edema", "3": "necrosis"}
-    json.dump(summary, open(summary_file, "w"))
+    json.dump(summary, open(summary_file, "w", encoding="utf-8"))
     assert report_main([str(folder), "-o", str(tmp_path / "o")]) == 1
     # the CLI names the settings and their label sets
     from evaluation.evaluate_folder import EvaluationError

@@ -40,7 +40,7 @@ def workspace(tmp_path_factory):
     env.pop("nnUNet_n_proc_DA", None)  # nnU-Net's planner fails with 0; training below uses 0
     write_dataset(str(root / "raw"), DATASET_ID, n_train={"CT": 3, "MR": 3})
     proc = subprocess.run([find_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
-                           "-np", "1", "-npfp", "1"], env=env, capture_output=True, text=True)
+                           "-np", "1", "-npfp", "1"], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     split_file = root / "pre" / DATASET / "splits_final.json"
     split_file.write_text(json.dumps(SPLIT))
@@ -58,7 +58,7 @@ def nnunet_env(workspace, monkeypatch):
 
 def run_experiment(args, env):
     proc = subprocess.run([find_command("nnunet_mulmod_experiment")] + args, env=dict(env, nnUNet_n_proc_DA="0"),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
     return proc.returncode, proc.stdout + proc.stderr
 
 

@@ -58,7 +58,7 @@ def minilm_path():
 
 
 def run(cmd, env, expect_ok=True):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     output = proc.stdout + proc.stderr
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-5000:]}")

@@ -168,7 +168,7 @@ def test_demo_plans_only_narrow_the_network(tmp_path):
     plans = {"plans_name": "nnUNetPlans", "configurations": {CONFIGURATION: {
         "data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [32, 40, 48], "batch_size": 2,
         "architecture": {"arch_kwargs": arch}}}}
-    with open(tmp_path / "nnUNetPlans.json", "w") as f:
+    with open(tmp_path / "nnUNetPlans.json", "w", encoding="utf-8") as f:
         json.dump(plans, f)
     path = derive_demo_plans(str(tmp_path), base_features=16)
     with open(path) as f:

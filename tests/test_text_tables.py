@@ -221,7 +221,7 @@ def test_build_text_table_api(minilm_path):
 def _run_cli(args, env_extra):
     env = dict(os.environ, HF_HUB_OFFLINE="1", **env_extra)
     env.pop("nnUNet_mulmod_text_table", None)
-    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_cli_end_to_end_and_table_matches_dataset(minilm_path, tmp_path):

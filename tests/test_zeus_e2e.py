@@ -68,7 +68,7 @@ def write_dataset(raw_root, n_train=5):
 
 def run(cmd, env):
     start = time.time()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     print(f"{os.path.basename(cmd[0])}: {time.time() - start:.1f} s")
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result

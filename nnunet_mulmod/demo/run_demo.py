@@ -59,12 +59,12 @@ def run_logged(step: str, command: Sequence[str], log_file: str, env: Dict[str, 
     """
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     command = [find_command(command[0]) or command[0]] + [str(c) for c in command[1:]]
-    with open(log_file, "w") as log:
+    with open(log_file, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
         log.flush()
         try:
             process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, bufsize=1)
+                                       text=True, encoding="utf-8", errors="replace", bufsize=1)
         except FileNotFoundError as e:
             raise StepFailed(step, command, log_file, 127, f"{e}: is nnunet-mulmod installed in this environment "
                                                            f"(the command comes with it or with nnunetv2)?")
@@ -127,7 +127,7 @@ def derive_demo_plans(preprocessed_dataset_folder: str, base_features: int, sour
     arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
     arch["features_per_stage"] = [min(base_features * 2 ** i, 320) for i in range(arch["n_stages"])]
     path = os.path.join(preprocessed_dataset_folder, target + ".json")
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(plans, f, indent=4, sort_keys=False)
     return path
 

@@ -258,7 +258,7 @@ def generate_instructions(dataset_json: Mapping, backend: str = "template", mode
 
 def save_instructions(record: Mapping, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, ensure_ascii=False)
 
 
