@@ -51,6 +51,9 @@ def test_resolution_order_user_map_then_user_default_then_dataset_then_auto():
     r = CaseModalityResolver(modalities, d, modality="CT", modality_map={"mapped": "MR-T1"})
     assert r.resolve("mapped")[0] == "MR-T1"  # per-case map wins over the global flag
     assert r.resolve("listed") == ("CT", "given by the user")  # the user's word wins over the dataset map
+    r = CaseModalityResolver(modalities, d, modality="auto", modality_map={"mapped": "MR-T1"})
+    assert r.resolve("listed") == (None, "automatic detection")  # 'auto' overrides the dataset map
+    assert r.resolve("mapped")[0] == "MR-T1"
 
 
 def test_mistaken_prompt_switch_and_its_limits():

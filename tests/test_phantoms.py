@@ -192,3 +192,15 @@ def test_training_progress_follows_nnunet_log_lines():
     assert progress.bar.n == 1 and progress.postfix["pseudo Dice"] == "0.600"
     assert progress.postfix["per modality"] == "CT 0.9, MR 1.1"
     progress.close()
+
+
+def test_demo_reads_auto_detected_modalities_from_predictor_log(tmp_path):
+    from nnunet_mulmod.demo.run_demo import auto_detected_modalities
+
+    log = tmp_path / "predict.log"
+    log.write_text("[nnunet-mulmod] ct_1: modality CT (automatic detection; patches: CT 8/8)\n"
+                   "Predicting ct_1:\n"
+                   "[nnunet-mulmod] mr_2: modality CT (automatic detection; patches: CT 5/8, MR 3/8)\n"
+                   "[nnunet-mulmod] mr_3: modality MR (dataset.json case_modalities)\n", encoding="utf-8")
+    detected = auto_detected_modalities(str(log), {"ct_1": "CT", "mr_2": "MR", "mr_3": "MR"})
+    assert detected == {"ct_1": "CT", "mr_2": "CT"}  # only automatic decisions count, wrong ones included

@@ -326,6 +326,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             predict_command.append("--disable_tta")
         run_logged("predict", predict_command, os.path.join(logs, "05_predict.log"), env)
         timings["predict"] = time.time() - t
+        with open(os.path.join(dataset_raw, "dataset.json"), encoding="utf-8") as f:
+            true_modalities = json.load(f)["case_modalities"]
+        auto_detection = None
+        model_plans = os.path.join(results, dataset, f"{args.trainer}__{DEMO_PLANS if args.base_features else 'nnUNetPlans'}"
+                                   f"__{CONFIGURATION}", "plans.json")
+        if os.path.isfile(model_plans) and "mulmodseg" in json.load(open(model_plans, encoding="utf-8")):
+            t = time.time()
+            print("      again with --modality auto, to measure the automatic modality detection")
+            auto_log = os.path.join(logs, "05b_predict_auto_modality.log")
+            run_logged("predict_auto_modality",
+                       ["nnunet_mulmod_predict", "-i", os.path.join(dataset_raw, "imagesTs"), "-o",
+                        os.path.join(output_dir, "predictions_auto_modality"), "-d", str(args.dataset_id), "-c",
+                        CONFIGURATION, "-f", FOLD, "-tr", args.trainer, *plans_args, "-device", args.device,
+                        "-npp", "1", "-nps", "1", "--disable_tta", "--modality", "auto"], auto_log, env)
+            auto_detection = auto_detected_modalities(auto_log, true_modalities)
+            timings["predict_auto_modality"] = time.time() - t
 
         t = header(6, "Evaluating (Dice per modality and class)")
         from evaluation.evaluate_folder import evaluate_folder
@@ -354,6 +370,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})\n")
     print(summary_table(summary, dataset_json))
     print(f"\nMean foreground Dice on {len(summary['metric_per_case'])} held-out phantoms: {mean_dice:.3f}")
+    if auto_detection is not None:
+        correct = sum(d == true_modalities[c] for c, d in auto_detection.items())
+        print(f"Automatic modality detection (modality classifier, no tags given): {correct}/{len(auto_detection)} "
+              f"test cases right ({', '.join(f'{c}: {d}' for c, d in sorted(auto_detection.items()))})")
     print("\nOutputs:")
     print(f"  predictions + summary.json  {predictions}")
     for name, path in figures.items():
@@ -362,11 +382,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(os.path.join(output_dir, "demo_summary.json"), "w") as f:
         json.dump({"mean_foreground_dice": mean_dice, "seconds": timings, "total_seconds": total,
                    "per_modality": {m: s["foreground_mean"]["Dice"] for m, s in summary["per_modality"].items()},
-                   "trainer": args.trainer, "epochs": args.epochs}, f, indent=2)
+                   "trainer": args.trainer, "epochs": args.epochs,
+                   "auto_detected_modalities": auto_detection}, f, indent=2)
     if args.min_dice is not None and not mean_dice >= args.min_dice:
         print(f"\nMean foreground Dice {mean_dice:.3f} is below --min_dice {args.min_dice}.", file=sys.stderr)
         return 3
     return 0
+
+
+def auto_detected_modalities(predict_log: str, true_modalities: Dict[str, str]) -> Dict[str, str]:
+    """case id -> the modality the network detected, from the predictor's per-case log lines."""
+    detected = {}
+    with open(predict_log, encoding="utf-8") as f:
+        for line in f:
+            match = re.match(r"\[nnunet-mulmod\] (\S+): modality (\S+) \(automatic detection", line)
+            if match and match.group(1) in true_modalities:
+                detected[match.group(1)] = match.group(2)
+    return detected
 
 
 def write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary, trainer,

@@ -68,7 +68,8 @@ def main(argv=None):
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cuda", "cpu", "mps"])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--modality", default=None, help="modality of every input case (e.g. CT, MR)")
+    group.add_argument("--modality", default=None,
+                       help="modality of every input case (e.g. CT, MR), or 'auto' for automatic detection")
     group.add_argument("--modality_map", default=None, help="JSON file {case_id: modality}")
     parser.add_argument("--wrong_prompt", action="store_true",
                         help="prompt each case with the next modality of the vocabulary (paper Table 7)")

@@ -2,7 +2,8 @@
 
 Per case, the first that applies:
 1. given by the user: ``nnunet_mulmod_predict --modality CT`` or ``--modality_map map.json``
-   (case id -> modality), or the Python API ``predict_with_modalities``;
+   (case id -> modality), or the Python API ``predict_with_modalities``; ``--modality auto`` asks for
+   automatic detection of every case (to measure it, or when the dataset map must not be used);
 2. the dataset's map: ``case_modalities`` in the model folder's dataset.json, if it lists the case;
 3. automatic: the network's modality classifier, trained alongside, decides per sliding-window patch.
 ``wrong_prompt`` then swaps the chosen modality for the next one in the vocabulary (CT <-> MR with two):
@@ -33,6 +34,9 @@ def _unwrap(network):
     return unwrap_network(network)
 
 
+AUTO = "auto"
+
+
 class CaseModalityResolver:
     """Applies the order above for one model (its modality vocabulary and dataset.json)."""
 
@@ -44,13 +48,15 @@ class CaseModalityResolver:
         self.modality_map = dict(modality_map or {})
         self.wrong_prompt = wrong_prompt
         for name in [modality] + list(self.modality_map.values()):
-            if name is not None and name not in self.modalities:
+            if name is not None and name != AUTO and name not in self.modalities:
                 raise ModalityError(f"Unknown modality {name!r}: this model was trained with {self.modalities}.")
 
     def resolve(self, case_id: Optional[str]) -> Tuple[Optional[str], str]:
         """(modality name or None for automatic detection, how it was chosen)."""
         if case_id is not None and case_id in self.modality_map:
             name, source = self.modality_map[case_id], "given by the user (modality map)"
+        elif self.modality == AUTO:
+            name, source = None, "automatic detection"
         elif self.modality is not None:
             name, source = self.modality, "given by the user"
         elif case_id is not None and case_id in self.dataset_map and self.dataset_map[case_id] in self.modalities:
