@@ -70,7 +70,6 @@ def prepare(workdir: str, shape_xyz) -> str:
 
 def measure(args) -> dict:
     """One trainer, one configuration: runs inside its own process (clean peak-memory accounting)."""
-    import numpy as np
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor

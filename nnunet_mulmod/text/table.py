@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional
+from typing import List, Mapping
 
 import torch
 

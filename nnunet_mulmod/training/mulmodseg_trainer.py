@@ -13,8 +13,6 @@ M of ours.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from contextlib import nullcontext
 from typing import Dict, List, Optional
 

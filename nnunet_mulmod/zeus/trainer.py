@@ -112,15 +112,19 @@ class nnUNetTrainerZeusHybrid(nnUNetTrainerZeus):
                                   "hybrid")
 
 
+def _debug_schedule(trainer) -> None:
+    trainer.num_epochs = 1
+    trainer.num_iterations_per_epoch = 2
+    trainer.num_val_iterations_per_epoch = 1
+
+
 class nnUNetTrainerZeus_debug(nnUNetTrainerZeus):
     """A few iterations only: for smoke tests and the end-to-end test (like nnU-Net's nnUNetTrainer_1epoch)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+        _debug_schedule(self)
 
 
 class nnUNetTrainerZeusHybrid_debug(nnUNetTrainerZeusHybrid):
@@ -129,6 +133,4 @@ class nnUNetTrainerZeusHybrid_debug(nnUNetTrainerZeusHybrid):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+        _debug_schedule(self)
