@@ -158,3 +158,80 @@ def test_parameter_overhead_is_small_on_a_realistic_unet():
 def test_rejects_networks_without_unet_structure():
     with pytest.raises(TypeError, match="encoder-decoder"):
         MulModSegNet(nn.Conv3d(1, 2, 1), ["CT", "MR"], 2, 4)
+
+
+def _generated_weight_std(controller, pooled, text):
+    weights, _ = split_dynamic_params(controller(pooled, text))
+    return [w.std().item() for w in weights]
+
+
+def test_normalized_controller_generates_he_scaled_weights_whatever_the_embedding_scale():
+    """Version 2 of the controller: generated weights start at He's scale (2/fan_in, last layer 1/fan_in) and
+    biases at zero, for unit-norm sentence embeddings and for one-hot codes alike; the authors' layout with
+    PyTorch's default init starts ~5x smaller per layer (the slow start measured on real scans)."""
+    torch.manual_seed(0)
+    pooled = 0.4 + 0.03 * torch.randn(64, 256)  # what a freshly initialised nnU-Net bottleneck pools to
+    unit_norm = nn.functional.normalize(torch.randn(64, 5, 384), dim=-1)
+    one_hot = torch.eye(7)[:5].expand(64, 5, 7)
+    expected = [(2 / 8) ** 0.5, (2 / 8) ** 0.5, (1 / 8) ** 0.5]
+    for text in (unit_norm, one_hot):
+        # the last layer has only 8 generated weights per head: average over a few initialisations
+        stds = torch.tensor([_generated_weight_std(MulModSegController(256, text.shape[-1], normalized=True),
+                                                   pooled, text) for _ in range(10)]).pow(2).mean(0).sqrt()
+        assert all(abs(s - e) / e < 0.15 for s, e in zip(stds.tolist(), expected)), stds
+        _, biases = split_dynamic_params(MulModSegController(256, text.shape[-1], normalized=True)(pooled, text))
+        assert all(torch.count_nonzero(b) == 0 for b in biases)
+    old = torch.tensor([_generated_weight_std(MulModSegController(256, 384, normalized=False), pooled, unit_norm)
+                        for _ in range(10)]).pow(2).mean(0).sqrt()
+    assert all(s < e / 3 for s, e in zip(old.tolist(), expected)), old
+
+
+def test_normalized_controller_lets_the_class_change_the_head():
+    """With unit-norm embeddings the text branch is ~10x weaker than the image branch without normalisation;
+    normalised, the class changes the generated parameters about as much as the image does."""
+    torch.manual_seed(0)
+    pooled = 0.4 + 0.03 * torch.randn(8, 256)
+    text = nn.functional.normalize(torch.randn(1, 5, 384), dim=-1).expand(8, 5, 384)
+    for normalized, at_least in ((True, 0.5), (False, 0.0)):
+        params = MulModSegController(256, 384, normalized=normalized)(pooled, text)
+        across_classes = params.std(dim=1).mean().item()
+        across_images = params.std(dim=0).mean().item()
+        assert across_classes / across_images > at_least
+    params = MulModSegController(256, 384, normalized=False)(pooled, text)
+    assert params.std(dim=1).mean().item() < 0.5 * params.std(dim=0).mean().item() + 0.05
+
+
+def test_controller_version_is_read_from_the_plans_and_old_plans_build_the_old_layout():
+    from nnunet_mulmod.training.mulmodseg_trainer import PLANS_KEY, nnUNetTrainerMulModSeg
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv2d",
+                            "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]],
+                            "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    spec = {"modalities": ["CT", "MR"], "class_names": ["background", "liver"], "embed_dim": 6,
+            "controller_hidden": 8}
+    plans = {"dataset_name": "x", "plans_name": "p", "original_median_spacing_after_transp": [1, 1],
+             "original_median_shape_after_transp": [16, 16], "image_reader_writer": "SimpleITKIO",
+             "transpose_forward": [0, 1], "transpose_backward": [0, 1],
+             "configurations": {"2d": {"data_identifier": "d", "preprocessor_name": "DefaultPreprocessor",
+                                       "batch_size": 2, "patch_size": [16, 16], "spacing": [1, 1],
+                                       "normalization_schemes": ["ZScoreNormalization"],
+                                       "use_mask_for_norm": [False], "architecture": arch, "batch_dice": True,
+                                       "resampling_fn_data": "resample_data_or_seg_to_shape",
+                                       "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                                       "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
+                                       "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                                       "resampling_fn_probabilities_kwargs": {}}},
+             "experiment_planner_used": "x", "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {}}
+    for version, normalized in ((None, False), (1, False), (2, True)):
+        plans[PLANS_KEY] = dict(spec, **({} if version is None else {"controller_version": version}))
+        manager = PlansManager(plans)
+        net = nnUNetTrainerMulModSeg.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2, False)
+        assert net.controller.normalized is normalized
+    assert nnUNetTrainerMulModSeg.controller_version == 2  # what new runs write

@@ -41,20 +41,51 @@ class MulModSegController(nn.Module):
     of nnU-Net's U-Nets already ends in norm + nonlinearity, so the authors' GroupNorm + ReLU before the
     pooling is not repeated). Text branch: Linear(D -> hidden) + ReLU. Controller: Linear(2*hidden -> 153),
     which is the authors' 1x1 conv on the concatenation.
+
+    ``normalized=True`` (the default since nnunet-mulmod 0.2; "controller_version" 2 in the plans) adds what
+    makes the generated head start like an nnU-Net layer instead of ~170x too small:
+    - each branch is layer-normalised (no learnable affine, so no new parameters): the text branch would
+      otherwise be ~10x weaker than the image branch (sentence/CLIP embeddings have unit norm, i.e.
+      components of ~1/sqrt(D)), and the class, which only the text branch knows, would barely change the
+      generated weights; and the controller input has unit scale whatever the encoder;
+    - hypernetwork fan-in initialisation (Chang et al., ICLR 2020): the controller rows that generate a
+      dynamic layer's weights are drawn so that, with unit-scale input, those weights have He's variance
+      2 / fan_in (1 / fan_in for the last, linear layer); the rows that generate biases start at zero.
+    Measured at initialisation on nnU-Net's 2d plans of the real CT/MR dev set: logits std 0.006 with the
+    authors' layout and PyTorch's default init, 0.9 for nnU-Net's own network, ~0.7 with this one.
+    ``normalized=False`` is the authors' layout with PyTorch's default init (checkpoints of version 1).
     """
 
-    def __init__(self, bottleneck_channels: int, embed_dim: int, hidden: int = 256):
+    def __init__(self, bottleneck_channels: int, embed_dim: int, hidden: int = 256, normalized: bool = True):
         super().__init__()
         self.image_proj = nn.Linear(bottleneck_channels, hidden)
         self.text_proj = nn.Linear(embed_dim, hidden)
         self.controller = nn.Linear(2 * hidden, NUM_DYNAMIC_PARAMS)
+        self.normalized = normalized
+        if normalized:
+            self.reset_controller_parameters()
+
+    @torch.no_grad()
+    def reset_controller_parameters(self) -> None:
+        """Hyperfan-in initialisation of the controller (see the class docstring)."""
+        fan_in = self.controller.in_features
+        weight_rows = torch.split(self.controller.weight, WEIGHT_NUMS + BIAS_NUMS, dim=0)
+        for layer, ((n_in, _), rows) in enumerate(zip(DYNAMIC_LAYERS, weight_rows)):
+            gain = 2.0 if layer < len(DYNAMIC_LAYERS) - 1 else 1.0  # ReLU follows all but the last layer
+            rows.normal_(0.0, math.sqrt(gain / n_in / fan_in))
+        for rows in weight_rows[len(DYNAMIC_LAYERS):]:
+            rows.zero_()
+        self.controller.bias.zero_()
 
     def forward(self, pooled: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """pooled [B, C], text [B, K, D] -> params [B, K, 153]."""
         b, k, _ = text.shape
-        image = self.image_proj(pooled)[:, None, :].expand(b, k, -1)
+        image = self.image_proj(pooled)
         text = F.relu(self.text_proj(text))
-        return self.controller(torch.cat((image, text), dim=-1))
+        if self.normalized:
+            image = F.layer_norm(image, image.shape[-1:])
+            text = F.layer_norm(text, text.shape[-1:])
+        return self.controller(torch.cat((image[:, None, :].expand(b, k, -1), text), dim=-1))
 
 
 def split_dynamic_params(params: torch.Tensor) -> tuple[List[torch.Tensor], List[torch.Tensor]]:

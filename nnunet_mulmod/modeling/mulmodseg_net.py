@@ -33,7 +33,7 @@ ModalitySelection = Union[int, torch.Tensor, None]
 
 class MulModSegNet(nn.Module):
     def __init__(self, unet: nn.Module, modalities: Sequence[str], num_classes: int, embed_dim: int,
-                 controller_hidden: int = 256):
+                 controller_hidden: int = 256, normalized_controller: bool = True):
         super().__init__()
         if not (hasattr(unet, "encoder") and hasattr(unet, "decoder") and hasattr(unet.decoder, "seg_layers")):
             raise TypeError(
@@ -51,13 +51,18 @@ class MulModSegNet(nn.Module):
         self.num_classes = num_classes
         bottleneck_channels = self.encoder.output_channels[-1]
         self.register_buffer("text_embeddings", torch.zeros(len(self.modalities), num_classes, embed_dim))
-        self.controller = MulModSegController(bottleneck_channels, embed_dim, controller_hidden)
-        # Trained on detached features: it learns to tell the modalities apart without pulling the
-        # encoder towards modality-specific features. Used only when no modality is given.
+        self.controller = MulModSegController(bottleneck_channels, embed_dim, controller_hidden,
+                                              normalized=normalized_controller)
+        # Used only when no modality is given. Not trained by the segmentation loss or optimizer (its parameters
+        # do not require grad, so nnU-Net's optimizer and DDP leave them alone): the trainer fits it on a balanced
+        # memory of detached pooled features of every modality (nnunet_mulmod/training/modality_classifier.py),
+        # so it learns the images' modality, not the modality of the last single-modality ALT batch.
         self.modality_classifier = nn.Linear(bottleneck_channels, len(self.modalities))
+        self.modality_classifier.requires_grad_(False)
 
         self.selected_modality: Optional[int] = None
         self._modality_override: ModalitySelection = None
+        self.last_pooled: Optional[torch.Tensor] = None  # detached [B, C_bottleneck] of the last forward
         self.last_modality_logits: Optional[torch.Tensor] = None
         self.last_modality_indices: Optional[torch.Tensor] = None
         self.last_modality_was_auto = False
@@ -115,6 +120,7 @@ class MulModSegNet(nn.Module):
         pooled = skips[-1].flatten(2).mean(2)
         modality_logits = self.modality_classifier(pooled.detach())
         indices = self._resolve_modality(modality, x.shape[0], modality_logits)
+        self.last_pooled = pooled.detach()
         self.last_modality_logits = modality_logits
         self.last_modality_indices = indices
 

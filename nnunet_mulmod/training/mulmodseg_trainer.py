@@ -18,7 +18,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
@@ -36,6 +35,7 @@ from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_m
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 from nnunet_mulmod.text.table import TextEmbeddingTable, TextTableError, default_table_path, one_hot_table
 from nnunet_mulmod.training.alternating import AlternatingModalityLoader
+from nnunet_mulmod.training.modality_classifier import ModalityClassifierFitter
 
 # Key under which the trainer records the head's shape in the plans. nnU-Net saves the plans into the
 # results folder (plans.json) and the predictor rebuilds the network from them with the static
@@ -53,28 +53,6 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return network
 
 
-class ModalityClassifierLoss(nn.Module):
-    """nnU-Net's segmentation loss + cross-entropy of MulModSegNet's modality classifier.
-
-    The classifier sees detached features, so this term trains only the classifier and leaves the
-    segmentation gradients untouched. It is only added when the forward pass was given the true modality.
-    """
-
-    def __init__(self, segmentation_loss: nn.Module, get_core, weight: float):
-        super().__init__()
-        self.segmentation_loss = segmentation_loss
-        self._get_core = get_core  # a function, so the network is not registered as a sub-module
-        self.weight = weight
-
-    def forward(self, output, target):
-        loss = self.segmentation_loss(output, target)
-        core = self._get_core()
-        if core.last_modality_logits is not None and not core.last_modality_was_auto and self.weight > 0:
-            loss = loss + self.weight * F.cross_entropy(core.last_modality_logits.float(),
-                                                        core.last_modality_indices)
-        return loss
-
-
 class nnUNetTrainerALT(nnUNetTrainer):
     """Alternating training (ALT) with nnU-Net's own network: the paper's vision-only baseline."""
 
@@ -86,6 +64,7 @@ class nnUNetTrainerALT(nnUNetTrainer):
         self.modalities: List[str] = get_modalities(dataset_json)
         self.modality_to_index: Dict[str, int] = {m: i for i, m in enumerate(self.modalities)}
         self.case_modalities: Dict[str, str] = {}  # filled for the cases of the split (get_dataloaders)
+        self.training_modality_indices: List[int] = []  # modalities of the training cases (get_dataloaders)
         if self.alternate_modalities:
             for m in self.modalities:
                 self.logger.local_logger.my_fantastic_logging.setdefault(f"train_loss_{m}", [])
@@ -112,6 +91,7 @@ class nnUNetTrainerALT(nnUNetTrainer):
     def get_dataloaders(self):
         tr_keys, val_keys = self.do_split()
         self.case_modalities = require_case_modalities(self.dataset_json, list(tr_keys) + list(val_keys))
+        self.training_modality_indices = sorted({self.modality_to_index[self.case_modalities[k]] for k in tr_keys})
         if not self.alternate_modalities:
             return super().get_dataloaders()
         if self.dataset_class is None:
@@ -222,8 +202,9 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     and stored in every checkpoint as a network buffer.
     """
 
-    modality_classifier_loss_weight = 1.0
     controller_hidden = 256
+    # 2: layer-normalised controller inputs + hypernetwork fan-in init (MulModSegController); 1: the authors' layout
+    controller_version = 2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -234,6 +215,7 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
             "class_names": list(self.text_table.class_names),
             "embed_dim": self.text_table.embed_dim,
             "controller_hidden": self.controller_hidden,
+            "controller_version": self.controller_version,
             "text_table": {"template": self.text_table.template, "template_text": self.text_table.template_text,
                            "encoder": self.text_table.encoder},
         }
@@ -274,8 +256,9 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
                                f"{num_output_channels} outputs (region-based training is not supported).")
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
+        # plans written before controller_version existed describe the authors' layout (version 1)
         return MulModSegNet(unet, spec["modalities"], num_output_channels, spec["embed_dim"],
-                            spec["controller_hidden"])
+                            spec["controller_hidden"], normalized_controller=spec.get("controller_version", 1) >= 2)
 
     def mulmod_network(self) -> MulModSegNet:
         return unwrap_network(self.network)
@@ -283,16 +266,30 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def initialize(self):
         super().initialize()
         self.mulmod_network().set_text_embeddings(self.text_table.embeddings)
-        self.loss = ModalityClassifierLoss(self.loss, self.mulmod_network, self.modality_classifier_loss_weight)
+        self.modality_fitter: Optional[ModalityClassifierFitter] = None  # made in on_train_start
 
     def _modality_context(self, indices: torch.Tensor):
         return self.mulmod_network().using_modality(indices)
 
     def on_train_start(self):
-        super().on_train_start()
+        super().on_train_start()  # builds the data loaders: the training cases' modalities are known from here on
         copy = self._table_copy_path()
         if self.local_rank == 0 and copy is not None and not isfile(copy):
             self.text_table.save(copy)
+        self.modality_fitter = ModalityClassifierFitter(self.mulmod_network().modality_classifier,
+                                                        self.training_modality_indices)
+
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        core = self.mulmod_network()
+        features, indices = core.last_pooled, core.last_modality_indices
+        if self.is_ddp:  # every rank fits the same classifier on the same evidence
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (features.cpu(), indices.cpu()))
+            features = torch.cat([g[0] for g in gathered]).to(features.device)
+            indices = torch.cat([g[1] for g in gathered]).to(features.device)
+        self.modality_fitter.update(features, indices)
+        return result
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict) -> dict:

