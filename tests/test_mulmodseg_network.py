@@ -235,3 +235,26 @@ def test_controller_version_is_read_from_the_plans_and_old_plans_build_the_old_l
         net = nnUNetTrainerMulModSeg.build_network_architecture(manager, manager.get_configuration("2d"), 1, 2, False)
         assert net.controller.normalized is normalized
     assert nnUNetTrainerMulModSeg.controller_version == 2  # what new runs write
+
+
+def test_normalized_controller_gives_the_generated_weights_a_plain_layers_learning_rate():
+    """A gradient step of size lr on the controller moves the generated parameters by lr * |z|^2 times their own
+    gradient (z = the controller's input): |z| = 1 keeps nnU-Net's learning rate for the head; unnormalised it
+    depends on the encoder's and the text encoder's scales."""
+    torch.manual_seed(0)
+    pooled = (0.4 + 0.03 * torch.randn(1, 256)).double()
+    text = nn.functional.normalize(torch.randn(1, 1, 384), dim=-1).double()
+    direction = torch.randn(1, 1, 153, dtype=torch.float64)
+    for normalized in (True, False):
+        controller = MulModSegController(256, 384, normalized=normalized).double()
+        before = controller(pooled, text).detach()
+        (controller(pooled, text) * direction).sum().backward()  # d loss / d params = direction
+        with torch.no_grad():
+            controller.controller.weight -= 1e-3 * controller.controller.weight.grad
+        moved = controller(pooled, text).detach() - before
+        rate = (moved * -direction).sum() / (1e-3 * direction.pow(2).sum())  # = |z|^2
+        assert torch.allclose(moved, -1e-3 * rate * direction)
+        if normalized:
+            assert abs(rate.item() - 1) < 0.02  # layer norm's eps keeps it a little below 1
+        else:
+            assert abs(rate.item() - 1) > 0.5

@@ -42,17 +42,22 @@ class MulModSegController(nn.Module):
     pooling is not repeated). Text branch: Linear(D -> hidden) + ReLU. Controller: Linear(2*hidden -> 153),
     which is the authors' 1x1 conv on the concatenation.
 
-    ``normalized=True`` (the default since nnunet-mulmod 0.2; "controller_version" 2 in the plans) adds what
-    makes the generated head start like an nnU-Net layer instead of ~170x too small:
-    - each branch is layer-normalised (no learnable affine, so no new parameters): the text branch would
-      otherwise be ~10x weaker than the image branch (sentence/CLIP embeddings have unit norm, i.e.
-      components of ~1/sqrt(D)), and the class, which only the text branch knows, would barely change the
-      generated weights; and the controller input has unit scale whatever the encoder;
-    - hypernetwork fan-in initialisation (Chang et al., ICLR 2020): the controller rows that generate a
-      dynamic layer's weights are drawn so that, with unit-scale input, those weights have He's variance
-      2 / fan_in (1 / fan_in for the last, linear layer); the rows that generate biases start at zero.
-    Measured at initialisation on nnU-Net's 2d plans of the real CT/MR dev set: logits std 0.006 with the
-    authors' layout and PyTorch's default init, 0.9 for nnU-Net's own network, ~0.7 with this one.
+    ``normalized=True`` (the default since nnunet-mulmod 0.2; "controller_version" 2 in the plans) makes the
+    generated head start, and learn, like one of nnU-Net's own layers:
+    - each branch is layer-normalised (no learnable affine, so no new parameters) and the concatenation is
+      scaled to unit norm. Unnormalised, the text branch is ~10x weaker than the image branch (sentence and
+      CLIP embeddings have unit norm, i.e. components of ~1/sqrt(D)), so the class, which only the text
+      branch knows, barely changes the generated weights. Unit norm also keeps the learning rate of the
+      generated weights that of a plain layer: a step dW on the controller moves the generated weights by
+      dW z, i.e. by lr * |z|^2 times their gradient, so an input of norm sqrt(512) would multiply nnU-Net's
+      learning rate by 512 for the head;
+    - the controller rows that generate a dynamic layer's weights start with He's variance 2 / fan_in
+      (1 / fan_in for the last, linear layer), so with a unit-norm input so do the generated weights
+      (hypernetwork fan-in initialisation, Chang et al., ICLR 2020); the rows that generate biases, and the
+      controller's own bias, start at zero.
+    Measured at initialisation on the 2d plans of the real CT/MR dev set (benchmarks/bench_real_data.py):
+    logits std 0.006 with the authors' layout and PyTorch's default init, 0.9 for nnU-Net's own network,
+    ~0.6 with this one.
     ``normalized=False`` is the authors' layout with PyTorch's default init (checkpoints of version 1).
     """
 
@@ -68,11 +73,10 @@ class MulModSegController(nn.Module):
     @torch.no_grad()
     def reset_controller_parameters(self) -> None:
         """Hyperfan-in initialisation of the controller (see the class docstring)."""
-        fan_in = self.controller.in_features
         weight_rows = torch.split(self.controller.weight, WEIGHT_NUMS + BIAS_NUMS, dim=0)
         for layer, ((n_in, _), rows) in enumerate(zip(DYNAMIC_LAYERS, weight_rows)):
             gain = 2.0 if layer < len(DYNAMIC_LAYERS) - 1 else 1.0  # ReLU follows all but the last layer
-            rows.normal_(0.0, math.sqrt(gain / n_in / fan_in))
+            rows.normal_(0.0, math.sqrt(gain / n_in))  # the input has unit norm: generated weights get this variance
         for rows in weight_rows[len(DYNAMIC_LAYERS):]:
             rows.zero_()
         self.controller.bias.zero_()
@@ -82,9 +86,10 @@ class MulModSegController(nn.Module):
         b, k, _ = text.shape
         image = self.image_proj(pooled)
         text = F.relu(self.text_proj(text))
-        if self.normalized:
-            image = F.layer_norm(image, image.shape[-1:])
-            text = F.layer_norm(text, text.shape[-1:])
+        if self.normalized:  # each branch to unit RMS, the concatenation to unit norm
+            scale = 1.0 / math.sqrt(image.shape[-1] + text.shape[-1])
+            image = F.layer_norm(image, image.shape[-1:]) * scale
+            text = F.layer_norm(text, text.shape[-1:]) * scale
         return self.controller(torch.cat((image[:, None, :].expand(b, k, -1), text), dim=-1))
 
 
