@@ -192,8 +192,13 @@ class RealDataBenchmark:
                     "nnUNet_def_n_proc": str(num_processes), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
     # ------------------------------------------------------------------ bookkeeping
-    def save_state(self) -> None:
-        tmp = self.state_file + ".tmp"
+    def record(self, key: str, value) -> None:
+        """Sets one entry of the state file (re-read first: several benchmark processes may share a folder)."""
+        if os.path.isfile(self.state_file):
+            with open(self.state_file, encoding="utf-8") as f:
+                self.state = json.load(f)
+        self.state[key] = value
+        tmp = f"{self.state_file}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.state, f, indent=2)
         os.replace(tmp, self.state_file)
@@ -248,8 +253,7 @@ class RealDataBenchmark:
             shutil.rmtree(os.path.join(pre, identifier), ignore_errors=True)
             self.run("preprocess", ["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", PLANS, "-c",
                                     CONFIGURATION, "-np", str(self.np)], "04_preprocess.log")
-            self.state["preprocessed"] = True
-            self.save_state()
+            self.record("preprocessed", True)
         splits = os.path.join(pre, "splits_final.json")
         if not os.path.isfile(splits):
             with open(splits, "w", encoding="utf-8") as f:
@@ -277,8 +281,7 @@ class RealDataBenchmark:
                    self.trainer_name(base), "-device", "cpu"] + (["--c"] if resume else [])
         seconds = self.run(f"train {base} fold {fold}{' (continued)' if resume else ''}", command,
                            f"train_{self.trainer_name(base)}_fold{fold}.log", show_epochs=True)
-        self.state[key] = self.state.get(key, 0.0) + seconds
-        self.save_state()
+        self.record(key, self.state.get(key, 0.0) + seconds)
 
     # ------------------------------------------------------------------ step 6
     def detect_modalities(self, base: str, fold: int) -> Optional[Dict[str, str]]:
@@ -306,8 +309,7 @@ class RealDataBenchmark:
                   os.path.join(self.output, "auto_modality", self.trainer_name(base), f"fold_{fold}"),
                   "--modality", "auto", "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], log)
         detected = auto_detection_accuracy(os.path.join(self.logs, log), self.dataset_json["case_modalities"])
-        self.state[key] = detected
-        self.save_state()
+        self.record(key, detected)
         return detected
 
     def evaluate(self) -> dict:
