@@ -79,16 +79,19 @@ def measure(args) -> dict:
     from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg, unwrap_network
 
     torch.manual_seed(0)
-    pre = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset991_BenchMulMod")
-    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
+    pre = args.dataset_folder or os.path.join(os.environ["nnUNet_preprocessed"], "Dataset991_BenchMulMod")
+    plans = load_json(os.path.join(pre, f"{args.plans}.json"))
     dataset_json = load_json(os.path.join(pre, "dataset.json"))
+    n_labels = len(class_names(dataset_json))
     cfg = plans["configurations"][args.configuration]
     cfg["patch_size"] = list(args.patch)
     cfg["batch_size"] = args.batch
     plans["continue_training"] = False  # nnUNetv2_train adds this key
-    if args.trainer == "mulmodseg":
-        table = TextEmbeddingTable(torch.randn(2, len(LABELS), args.embed_dim), get_modalities(dataset_json),
-                                   class_names(dataset_json), [["-"] * len(LABELS)] * 2, "V3", "", {"type": "random"})
+    if args.trainer == "mulmodseg" and args.dataset_folder is None:  # a given dataset brings its own table
+        modalities = get_modalities(dataset_json)
+        table = TextEmbeddingTable(torch.randn(len(modalities), n_labels, args.embed_dim), modalities,
+                                   class_names(dataset_json), [["-"] * n_labels] * len(modalities), "V3", "",
+                                   {"type": "random"})
         table.save(default_table_path(pre))
     device = torch.device(args.device)
     cls = nnUNetTrainerMulModSeg if args.trainer == "mulmodseg" else nnUNetTrainer
@@ -98,9 +101,9 @@ def measure(args) -> dict:
     patch = tuple(args.patch)
     data = torch.randn(args.batch, 1, *patch)
     scales = trainer._get_deep_supervision_scales()
-    target = [torch.randint(0, len(LABELS), (args.batch, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])).float()
+    target = [torch.randint(0, n_labels, (args.batch, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])).float()
               for sc in scales]
-    batch = {"data": data, "target": target, "keys": ["ct_0"] * args.batch}
+    batch = {"data": data, "target": target, "keys": [next(iter(dataset_json["case_modalities"]))] * args.batch}
 
     def sync():
         if device.type == "cuda":
@@ -163,6 +166,8 @@ def main():
     parser.add_argument("--trainer", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--configuration", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--patch", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dataset_folder", default=None, help=argparse.SUPPRESS)  # a preprocessed dataset folder
+    parser.add_argument("--plans", default="nnUNetPlans", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print("RESULT " + json.dumps(measure(args)))

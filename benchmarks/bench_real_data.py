@@ -189,7 +189,11 @@ class RealDataBenchmark:
         self.env = {"nnUNet_raw": self.raw, "nnUNet_preprocessed": self.preprocessed, "nnUNet_results": self.results,
                     # compiling costs minutes on a CPU and gains nothing here; one augmentation worker per core left
                     "nnUNet_compile": "f", "nnUNet_n_proc_DA": str(max(num_processes - 1, 1)),
-                    "nnUNet_def_n_proc": str(num_processes), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+                    "nnUNet_def_n_proc": str(num_processes), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                    # nnU-Net trains with one thread per core beside its augmentation workers: with OpenMP's default
+                    # busy-waiting, such an oversubscribed CPU ran batch-1 forward passes 10x slower (0.95 s vs 0.09 s
+                    # measured on the 2-core VM); sleeping waits cost nothing measurable when the cores are free
+                    "OMP_WAIT_POLICY": "PASSIVE"}
 
     # ------------------------------------------------------------------ bookkeeping
     def record(self, key: str, value) -> None:
@@ -366,12 +370,42 @@ class RealDataBenchmark:
                                                                                   "pseudo_dice_vs_steps.png"))
         return results
 
-    def all(self) -> dict:
+    def step_timing(self, steps: int = 10, rounds: int = 2) -> dict:
+        """Median train_step seconds of nnUNetTrainer and nnUNetTrainerMulModSeg on this configuration (batch 16,
+        128x128, a fixed random batch: no data loading), each in its own process (benchmarks/bench_mulmodseg.py
+        --measure), alternated ``rounds`` times so that a change in the machine's load hits both alike. The runs'
+        own step times above include data augmentation and whatever else the machine was doing then."""
+        import subprocess
+        key = f"step_timing/{steps}x{rounds}"
+        if key in self.state:
+            return self.state[key]
+        print(f"[bench] step timing: {rounds} x {steps} steps of each trainer", flush=True)
+        measured = {"vanilla": [], "mulmodseg": []}
+        for _ in range(rounds):
+            for trainer in measured:
+                command = [sys.executable, os.path.join(HERE, "bench_mulmodseg.py"), "--measure", "--trainer", trainer,
+                           "--configuration", CONFIGURATION, "--patch", *map(str, CPU_PATCH), "--batch",
+                           str(CPU_BATCH), "--steps", str(steps), "--device", "cpu", "--dataset_folder",
+                           os.path.join(self.preprocessed, DATASET), "--plans", PLANS]
+                out = subprocess.run(command, env=dict(os.environ, **self.env, nnUNet_n_proc_DA="0"),
+                                     capture_output=True, text=True, encoding="utf-8", errors="replace")
+                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+                if out.returncode != 0 or not line:
+                    raise BenchmarkError(f"step timing failed: {' '.join(command)}\n{out.stderr[-3000:]}")
+                measured[trainer].append(json.loads(line[0][7:]))
+        timing = {t: {"step_s": statistics.median(r["step_s"] for r in rows),
+                      "step_cpu_s": statistics.median(r["step_cpu_s"] for r in rows)} for t, rows in measured.items()}
+        self.record(key, timing)
+        return timing
+
+    def all(self, timing: bool = True) -> dict:
         self.prepare()
         for fold in self.folds:
             for base in self.trainers:
                 self.train(base, fold)
         results = self.evaluate()
+        if timing:
+            results["step_timing"] = self.step_timing()
         with open(os.path.join(self.output, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         markdown = results_markdown(results, self.dataset_json)
@@ -415,6 +449,12 @@ def results_markdown(results: dict, dataset_json: dict) -> str:
                      if dataset_json["case_modalities"][c] != m]
             lines.append(f"- {base}: {run['auto_detection_correct']}/{n} cases right"
                          + (f" (wrong: {', '.join(wrong)})" if wrong else ""))
+    timing = results.get("step_timing")
+    if timing:
+        v, m = timing["vanilla"], timing["mulmodseg"]
+        lines += ["", f"Step time on this configuration (fixed batch, no data loading, median of alternating "
+                      f"processes): nnUNetTrainer {v['step_s']:.2f} s, nnUNetTrainerMulModSeg {m['step_s']:.2f} s: "
+                      f"ratio {m['step_s'] / v['step_s']:.3f} (CPU time {m['step_cpu_s'] / v['step_cpu_s']:.3f})."]
     lines += ["", f"Figure: {results['figure']}"]
     return "\n".join(lines) + "\n"
 
@@ -431,11 +471,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    f"comparison baseline is {BASELINE}, which should be among them)")
     p.add_argument("-np", type=int, default=2, help="worker processes")
     p.add_argument("--no_auto_detection", action="store_true", help="skip the automatic-modality-detection runs")
+    p.add_argument("--no_step_timing", action="store_true", help="skip the side-by-side step timing")
     args = p.parse_args(argv)
     try:
         benchmark = RealDataBenchmark(args.output, args.data, args.steps, args.iterations, args.val_iterations,
                                       args.folds, args.trainers, args.np, not args.no_auto_detection)
-        results = benchmark.all()
+        results = benchmark.all(timing=not args.no_step_timing)
     except BenchmarkError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

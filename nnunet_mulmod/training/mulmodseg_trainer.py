@@ -266,7 +266,9 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def initialize(self):
         super().initialize()
         self.mulmod_network().set_text_embeddings(self.text_table.embeddings)
-        self.modality_fitter: Optional[ModalityClassifierFitter] = None  # made in on_train_start
+        # remade in on_train_start for the modalities the training cases have
+        self.modality_fitter = ModalityClassifierFitter(self.mulmod_network().modality_classifier,
+                                                        range(len(self.modalities)))
 
     def _modality_context(self, indices: torch.Tensor):
         return self.mulmod_network().using_modality(indices)
