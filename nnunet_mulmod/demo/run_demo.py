@@ -259,7 +259,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                nnUNet_compile="f",
                # one augmentation worker next to the training process: 2 cores in use
                nnUNet_n_proc_DA=str(max(args.num_processes - 1, 0)),
-               nnUNet_def_n_proc=str(args.num_processes), PYTHONUNBUFFERED="1")
+               nnUNet_def_n_proc=str(args.num_processes), PYTHONUNBUFFERED="1",
+               # training uses a thread per core beside the augmentation worker: OpenMP's busy-waiting on such an
+               # oversubscribed CPU made forward passes up to 10x slower (benchmarks/bench_real_data.py)
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     env[EPOCHS_ENV] = str(args.epochs)
     for variable in ("nnUNet_mulmod_text_table",):  # an outside table would not match the phantom dataset
         env.pop(variable, None)
