@@ -1,0 +1,63 @@
+"""The real-data benchmark's own pieces: the CPU configuration it derives from nnU-Net's plans and its split."""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from bench_real_data import derive_cpu_plans, stratified_splits  # noqa: E402
+
+
+def test_split_validates_every_case_once_with_both_modalities_in_every_fold():
+    case_modalities = {**{f"btcv_{i:02d}": "CT" for i in range(20)}, **{f"chaos_{i:02d}": "MR" for i in range(12)}}
+    splits = stratified_splits(case_modalities)
+    assert len(splits) == 5
+    validated = [c for s in splits for c in s["val"]]
+    assert sorted(validated) == sorted(case_modalities)
+    for s in splits:
+        assert not set(s["train"]) & set(s["val"]) and set(s["train"]) | set(s["val"]) == set(case_modalities)
+        counts = {m: sum(case_modalities[c] == m for c in s["val"]) for m in ("CT", "MR")}
+        assert counts["CT"] == 4 and counts["MR"] in (2, 3)
+    assert max(len(s["val"]) for s in splits) - min(len(s["val"]) for s in splits) <= 1
+    assert stratified_splits(case_modalities) == splits  # seeded
+
+
+def test_cpu_plans_build_the_documented_network(tmp_path):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    conv = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 7, "features_per_stage": [32, 64, 128, 256, 512, 512, 512],
+                            "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 7,
+                            "strides": [[1, 1]] + [[2, 2]] * 6, "n_conv_per_stage": [2] * 7,
+                            "n_conv_per_stage_decoder": [2] * 6, "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    two_d = {"data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 49,
+             "patch_size": [256, 256], "spacing": [1.25, 1.25], "normalization_schemes": ["ZScoreNormalization"],
+             "use_mask_for_norm": [False], "architecture": conv, "batch_dice": True,
+             "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+             "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
+             "resampling_fn_probabilities": "resample_data_or_seg_to_shape", "resampling_fn_probabilities_kwargs": {}}
+    plans = {"dataset_name": "Dataset961_RealCTMRDev", "plans_name": "nnUNetPlans",
+             "original_median_spacing_after_transp": [5, 1.25, 1.25], "original_median_shape_after_transp": [76, 249, 256],
+             "image_reader_writer": "NibabelIOWithReorient", "transpose_forward": [0, 1, 2],
+             "transpose_backward": [0, 1, 2], "configurations": {"2d": two_d, "3d_fullres": dict(two_d)},
+             "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+             "foreground_intensity_properties_per_channel": {}}
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    derive_cpu_plans(str(tmp_path))
+    written = json.loads((tmp_path / "nnUNetPlansCPU.json").read_text())
+    assert written["plans_name"] == "nnUNetPlansCPU" and list(written["configurations"]) == ["2d"]
+    config = written["configurations"]["2d"]
+    assert (config["spacing"], config["patch_size"], config["batch_size"]) == ([2.5, 2.5], [128, 128], 16)
+    assert config["data_identifier"] == "nnUNetPlansCPU_2d"  # preprocessed beside nnU-Net's own 2d data
+    assert config["normalization_schemes"] == ["ZScoreNormalization"]  # nnU-Net's plan, unchanged
+    manager = PlansManager(str(tmp_path / "nnUNetPlansCPU.json"))
+    network = nnUNetTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 1, 5, True)
+    assert network.encoder.output_channels == [16, 32, 64, 128, 256, 256]
+    outputs = network(torch.zeros(1, 1, 128, 128))
+    assert [tuple(o.shape[2:]) for o in outputs] == [(128, 128), (64, 64), (32, 32), (16, 16), (8, 8)]
