@@ -387,7 +387,7 @@ class RealDataBenchmark:
                            "--configuration", CONFIGURATION, "--patch", *map(str, CPU_PATCH), "--batch",
                            str(CPU_BATCH), "--steps", str(steps), "--device", "cpu", "--dataset_folder",
                            os.path.join(self.preprocessed, DATASET), "--plans", PLANS]
-                out = subprocess.run(command, env=dict(os.environ, **self.env, nnUNet_n_proc_DA="0"),
+                out = subprocess.run(command, env={**os.environ, **self.env, "nnUNet_n_proc_DA": "0"},
                                      capture_output=True, text=True, encoding="utf-8", errors="replace")
                 line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
                 if out.returncode != 0 or not line:
