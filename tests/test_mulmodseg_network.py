@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunet_mulmod.modality import ModalityError
 from nnunet_mulmod.modeling.dynamic_head import (NUM_DYNAMIC_PARAMS, MulModSegController, dynamic_head,
                                                  split_dynamic_params)
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
@@ -119,16 +120,45 @@ def test_automatic_modality_uses_classifier_and_counts_votes():
     torch.manual_seed(0)
     net = MulModSegNet(_plain_unet(3, ds=False), ["CT", "MR"], 4, 12).eval()
     net.set_text_embeddings(torch.randn(2, 4, 12))
-    with torch.no_grad():
-        net.modality_classifier.weight.zero_()
-        net.modality_classifier.bias.copy_(torch.tensor([0.0, 5.0]))  # always says MR
-    net.auto_votes = [0, 0]
     x = torch.randn(2, 1, 16, 16, 16)
+    with pytest.raises(ModalityError, match="never fitted"), torch.no_grad():
+        net(x)  # an unfitted classifier is refused, not used
+    with torch.no_grad():
+        net.modality_classifier.linear.weight.zero_()
+        net.modality_classifier.linear.bias.copy_(torch.tensor([0.0, 5.0]))  # always says MR
+        net.modality_classifier.fitted.fill_(1)
+    net.auto_votes = [0, 0]
     with torch.no_grad():
         auto = net(x)
         as_mr = net(x, 1)
     assert net.auto_votes == [0, 2]
     assert torch.allclose(auto, as_mr, atol=1e-6)
+    # the classifier reads the mean and std of every encoder stage
+    assert net.last_modality_features.shape == (2, 2 * sum(net.encoder.output_channels))
+
+
+def test_classifier_travels_in_checkpoint_and_legacy_checkpoints_load_unfitted():
+    net = MulModSegNet(_plain_unet(3), ["CT", "MR"], 4, 12)
+    with torch.no_grad():
+        net.modality_classifier.linear.weight.normal_()
+        net.modality_classifier.feature_mean.normal_()
+        net.modality_classifier.fitted.fill_(1)
+    fresh = MulModSegNet(_plain_unet(3), ["CT", "MR"], 4, 12)
+    fresh.load_state_dict(net.state_dict())
+    for name, value in net.modality_classifier.state_dict().items():
+        assert torch.equal(fresh.modality_classifier.state_dict()[name], value), name
+    # nnunet-mulmod <= 0.3: a bare Linear on the bottleneck mean; the segmentation weights load, detection refuses
+    legacy = {k: v for k, v in net.state_dict().items() if not k.startswith("modality_classifier.")}
+    legacy["modality_classifier.weight"] = torch.randn(2, net.encoder.output_channels[-1])
+    legacy["modality_classifier.bias"] = torch.zeros(2)
+    old = MulModSegNet(_plain_unet(3), ["CT", "MR"], 4, 12)
+    old.load_state_dict(legacy)
+    for name, value in legacy.items():
+        if not name.startswith("modality_classifier."):
+            assert torch.equal(old.state_dict()[name], value), name
+    assert int(old.modality_classifier.fitted) == 0
+    with pytest.raises(ModalityError, match="never fitted"), torch.no_grad():
+        old.eval()(torch.randn(1, 1, 16, 16, 16))
 
 
 def test_text_embeddings_travel_in_state_dict_but_selection_does_not():

@@ -12,7 +12,8 @@ Which modality's prompts are used, per forward (first that applies):
 1. the ``modality`` argument: int or LongTensor [B] of indices into ``modalities``;
 2. ``using_modality(...)``: a context manager (used by the trainers around nnU-Net's own steps);
 3. ``selected_modality``: a plain attribute (set per case by the prediction hook);
-4. automatic: the modality classifier on the pooled bottleneck features, per sample.
+4. automatic: the modality classifier (``modeling/modality_classifier.py``: texture statistics of every
+   encoder stage), per sample.
 
 Selections are plain Python attributes, never buffers: nnU-Net's predictor calls load_state_dict once
 per case and would overwrite buffers. The text embeddings, in contrast, ARE a persistent buffer: they
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 
 from nnunet_mulmod.modeling.dynamic_head import HEAD_CHANNELS, MulModSegController, dynamic_head
+from nnunet_mulmod.modality import ModalityError
+from nnunet_mulmod.modeling.modality_classifier import ModalityClassifier, stage_statistics
 
 ModalitySelection = Union[int, torch.Tensor, None]
 
@@ -55,15 +58,18 @@ class MulModSegNet(nn.Module):
                                               normalized=normalized_controller)
         # Used only when no modality is given. Not trained by the segmentation loss or optimizer (its parameters
         # do not require grad, so nnU-Net's optimizer and DDP leave them alone): the trainer fits it on a balanced
-        # memory of detached pooled features of every modality (nnunet_mulmod/training/modality_classifier.py),
+        # memory of detached stage statistics of every modality (nnunet_mulmod/training/modality_classifier.py),
         # so it learns the images' modality, not the modality of the last single-modality ALT batch.
-        self.modality_classifier = nn.Linear(bottleneck_channels, len(self.modalities))
-        self.modality_classifier.requires_grad_(False)
+        self.modality_classifier = ModalityClassifier(2 * sum(self.encoder.output_channels), len(self.modalities))
+        # The trainer sets this: it fits the classifier on every training step's features and measures it on
+        # validation steps. Otherwise (prediction) the statistics are computed only when detection is asked for.
+        self.record_modality_features = False
 
         self.selected_modality: Optional[int] = None
         self._modality_override: ModalitySelection = None
         self.last_pooled: Optional[torch.Tensor] = None  # detached [B, C_bottleneck] of the last forward
-        self.last_modality_logits: Optional[torch.Tensor] = None
+        self.last_modality_features: Optional[torch.Tensor] = None  # [B, F] stage statistics (when computed)
+        self.last_modality_logits: Optional[torch.Tensor] = None  # [B, M] (when computed)
         self.last_modality_indices: Optional[torch.Tensor] = None
         self.last_modality_was_auto = False
         # per-modality patch counts of automatic detection; a list while prediction asks for them
@@ -91,12 +97,33 @@ class MulModSegNet(nn.Module):
         finally:
             self._modality_override = previous
 
-    def _resolve_modality(self, modality: ModalitySelection, batch_size: int,
-                          modality_logits: torch.Tensor) -> torch.Tensor:
-        device = modality_logits.device
+    def _given_modality(self, modality: ModalitySelection) -> ModalitySelection:
         for candidate in (modality, self._modality_override, self.selected_modality):
-            if candidate is None:
-                continue
+            if candidate is not None:
+                return candidate
+        return None
+
+    def detect_modality(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """skips: the encoder's outputs -> modality logits [B, M]; records features and logits."""
+        if not bool(self.modality_classifier.fitted):
+            raise ModalityError(
+                "Automatic modality detection: this network's modality classifier was never fitted (a checkpoint "
+                "of nnunet-mulmod <= 0.3, or a training run too short to fit it). Give the modality: "
+                "nnunet_mulmod_predict --modality CT|MR or --modality_map, or list the case in dataset.json's "
+                "case_modalities.")
+        return self._modality_logits(skips)
+
+    def _modality_logits(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        self.last_modality_features = stage_statistics(skips)
+        self.last_modality_logits = self.modality_classifier(self.last_modality_features)
+        return self.last_modality_logits
+
+    def _resolve_modality(self, modality: ModalitySelection, batch_size: int, skips: Sequence[torch.Tensor],
+                          device: torch.device) -> torch.Tensor:
+        candidate = self._given_modality(modality)
+        if candidate is not None and self.record_modality_features:
+            self._modality_logits(skips)
+        if candidate is not None:
             self.last_modality_was_auto = False
             if isinstance(candidate, int):
                 return torch.full((batch_size,), candidate, dtype=torch.long, device=device)
@@ -107,7 +134,7 @@ class MulModSegNet(nn.Module):
                 raise ValueError(f"got {candidate.numel()} modality indices for a batch of {batch_size}")
             return candidate
         self.last_modality_was_auto = True
-        detected = modality_logits.argmax(1)
+        detected = self.detect_modality(skips).argmax(1)
         if self.auto_votes is not None:
             for i, n in enumerate(detected.bincount(minlength=len(self.modalities)).tolist()):
                 self.auto_votes[i] += n
@@ -118,10 +145,8 @@ class MulModSegNet(nn.Module):
         """x [B, C_in, *S] -> logits [B, K, *S], or a list of them (deep supervision, full res first)."""
         skips = self.encoder(x)
         pooled = skips[-1].flatten(2).mean(2)
-        modality_logits = self.modality_classifier(pooled.detach())
-        indices = self._resolve_modality(modality, x.shape[0], modality_logits)
+        indices = self._resolve_modality(modality, x.shape[0], skips, x.device)
         self.last_pooled = pooled.detach()
-        self.last_modality_logits = modality_logits
         self.last_modality_indices = indices
 
         params = self.controller(pooled, self.text_embeddings[indices])

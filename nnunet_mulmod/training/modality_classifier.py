@@ -5,15 +5,16 @@ segmentation optimizer's 0.99 momentum, learns "the modality of the last batch" 
 modality: measured on the real CT/MR dev set it was at 0.11-0.59 accuracy on validation patches for 20
 epochs. Here it is fitted apart from the segmentation:
 
-- :class:`ModalityFeatureMemory` keeps the most recent pooled bottleneck features of every modality
+- :class:`ModalityFeatureMemory` keeps the most recent classifier features (the encoder stages' texture
+  statistics, ``nnunet_mulmod/modeling/modality_classifier.py``) of every modality
   (detached; ``capacity`` vectors each). The encoder changes while it trains, so only recent features are
   kept.
 - :class:`ModalityClassifierFitter` takes one step of its own Adam optimizer per training step on an equal
-  number of memory entries from every modality, once every modality has ``min_per_modality`` of them. The
-  classifier's parameters do not require grad outside that step, so nnU-Net's optimizer, gradient clipping
-  and DDP never touch them.
+  number of memory entries from every modality, once every modality has ``min_per_modality`` of them, after
+  standardising the classifier's input with those entries' statistics. The classifier's parameters do not
+  require grad outside that step, so nnU-Net's optimizer, gradient clipping and DDP never touch them.
 
-Shapes: features [N, C_bottleneck], modality indices [N] (long).
+Shapes: features [N, F], modality indices [N] (long).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nnunet_mulmod.modeling.modality_classifier import ModalityClassifier
 
 
 class ModalityFeatureMemory:
@@ -66,12 +69,12 @@ class ModalityFeatureMemory:
 class ModalityClassifierFitter:
     """One Adam step of the classifier per training step, on the memory's balanced entries."""
 
-    def __init__(self, classifier: nn.Linear, modalities: Sequence[int], capacity: int = 512, lr: float = 1e-3,
+    def __init__(self, classifier: ModalityClassifier, modalities: Sequence[int], capacity: int = 512, lr: float = 1e-3,
                  min_per_modality: int = 32):
         self.classifier = classifier
         self.memory = ModalityFeatureMemory(modalities, capacity)
         self.min_per_modality = min_per_modality
-        self.optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(classifier.linear.parameters(), lr=lr)
 
     def update(self, features: torch.Tensor, modality_indices: torch.Tensor) -> Optional[float]:
         """Adds features [N, C] of the given modalities [N]; fits once every modality has enough. Returns the loss."""
@@ -79,12 +82,13 @@ class ModalityClassifierFitter:
         if any(self.memory.count(m) < self.min_per_modality for m in self.memory.modalities):
             return None
         x, y = self.memory.balanced()
-        parameters = list(self.classifier.parameters())
+        self.classifier.set_standardisation(x)
+        parameters = list(self.classifier.linear.parameters())
         with torch.enable_grad():
             for p in parameters:
                 p.requires_grad_(True)
             try:
-                loss = F.cross_entropy(self.classifier(x.to(parameters[0].dtype)), y)
+                loss = F.cross_entropy(self.classifier(x), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -92,4 +96,5 @@ class ModalityClassifierFitter:
                 for p in parameters:
                     p.requires_grad_(False)
                     p.grad = None  # nnU-Net's optimizer also lists these parameters: leave it nothing to apply
+        self.classifier.fitted.fill_(1)
         return float(loss.detach())

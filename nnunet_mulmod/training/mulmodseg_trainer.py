@@ -205,6 +205,9 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     controller_hidden = 256
     # 2: layer-normalised controller inputs + hypernetwork fan-in init (MulModSegController); 1: the authors' layout
     controller_version = 2
+    # patches of every modality in the classifier's memory before it is first fitted (automatic detection
+    # refuses a classifier that was never fitted)
+    modality_classifier_min_evidence = 32
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -266,9 +269,9 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def initialize(self):
         super().initialize()
         self.mulmod_network().set_text_embeddings(self.text_table.embeddings)
+        self.mulmod_network().record_modality_features = True  # the fitter and the validation accuracy read them
         # remade in on_train_start for the modalities the training cases have
-        self.modality_fitter = ModalityClassifierFitter(self.mulmod_network().modality_classifier,
-                                                        range(len(self.modalities)))
+        self.modality_fitter = self._modality_fitter(range(len(self.modalities)))
 
     def _modality_context(self, indices: torch.Tensor):
         return self.mulmod_network().using_modality(indices)
@@ -278,13 +281,16 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         copy = self._table_copy_path()
         if self.local_rank == 0 and copy is not None and not isfile(copy):
             self.text_table.save(copy)
-        self.modality_fitter = ModalityClassifierFitter(self.mulmod_network().modality_classifier,
-                                                        self.training_modality_indices)
+        self.modality_fitter = self._modality_fitter(self.training_modality_indices)
+
+    def _modality_fitter(self, modalities) -> ModalityClassifierFitter:
+        return ModalityClassifierFitter(self.mulmod_network().modality_classifier, modalities,
+                                        min_per_modality=self.modality_classifier_min_evidence)
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
         core = self.mulmod_network()
-        features, indices = core.last_pooled, core.last_modality_indices
+        features, indices = core.last_modality_features, core.last_modality_indices
         if self.is_ddp:  # every rank fits the same classifier on the same evidence
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (features.cpu(), indices.cpu()))
