@@ -6,8 +6,8 @@ bottleneck mostly averages away. The classifier therefore reads the spatial mean
 of every encoder stage's output, standardises them with the statistics of the evidence it was fitted on,
 and applies one linear layer. Measured on the real CT/MR dev set with the encoder of a trained fold-0
 model (patch-level accuracy on the fold's 7 validation cases, linear classifier fitted on the 25 training
-cases; /work-independent script: ``benchmarks/bench_real_data.py`` reports the case-level figure):
-bottleneck mean only 0.80, mean of every stage 0.98, mean and std of every stage 0.99.
+cases; ``benchmarks/probe_modality_features.py`` prints this table, ``benchmarks/bench_real_data.py`` the
+case-level figure): bottleneck mean only 0.80, mean of every stage 0.97, mean and std of every stage 0.99.
 
 It is fitted apart from the segmentation (``nnunet_mulmod/training/modality_classifier.py``): nothing here
 requires grad, the features are computed without autograd, so nnU-Net's optimizer, loss and DDP never see
