@@ -173,11 +173,18 @@ def test_training_refuses_mismatched_table_and_single_modality(workspace):
     wrong.save(str(pre / "mulmod_text_table.pt"))
     rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerMulModSeg_test", "-device",
                    "cpu"], train_env(env, 1), expect_ok=False)
-    assert rc != 0 and "does not match dataset" in log and "modalities ['CT', 'MR'] != dataset's ['CT']" in log
-    assert "classes ['background', 'liver', 'spleen'] != dataset's ['background', 'liver', 'kidney_right']" in log
+    last_line = log.strip().splitlines()[-1]  # nnU-Net prints the traceback; our message must be its last line
+    assert rc != 0 and "does not match dataset" in last_line and str(pre / "mulmod_text_table.pt") in last_line
+    assert "modalities ['MR'] that the dataset does not have" in last_line
+    assert "no classes ['kidney_right']" in last_line and "nnunet_mulmod_build_text_table -d 778" in last_line
+    results = root / "res" / "Dataset778_MulModMono"
+    assert not results.exists() or not any(results.rglob("fold_0"))  # no results folder, no empty log
     rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerALT_test", "-device", "cpu"],
                   train_env(env, 1), expect_ok=False)
-    assert rc != 0 and "ALT alternates between modalities, but the training cases of fold 0 are all CT" in log
+    last_line = log.strip().splitlines()[-1]
+    assert rc != 0 and "alternates between modalities (ALT), but every training case of Dataset778_MulModMono " \
+                       "fold 0 is CT" in last_line and "Train a single-modality dataset with nnUNetTrainer" in last_line
+    assert not results.exists() or not any(results.rglob("fold_0"))
 
 
 def _crop_cases(image_path, label_path, modality, n, rng):
