@@ -151,13 +151,17 @@ def test_train_resume_predict_synthetic(workspace):
                   "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
                   "--modality", "MR", "--wrong_prompt"], predict_env)
     assert "scan7: modality CT (MISTAKEN PROMPT: MR case prompted as CT (given by the user))" in log
+    # -npp 0 -nps 0: nnU-Net's sequential path (predict_from_files_sequential) selects and logs per case too
+    shutil.copy(os.path.join(images_ts, "ct_ts_000_0000.nii.gz"), unknown / "ct_ts_000_0000.nii.gz")
     _, log = run(["nnUNetv2_predict", "-i", str(unknown), "-o", str(root / "preds_auto"), "-d", "777", "-c",
-                  "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1",
+                  "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0",
                   "--disable_tta"], predict_env)
+    assert "[nnunet-mulmod] ct_ts_000: modality CT (dataset.json case_modalities)" in log
     assert re.search(r"scan7: modality (CT|MR) \(automatic detection; patches: ", log)
     rc, log = run(["nnunet_mulmod_predict", "-i", str(unknown), "-o", str(root / "preds_bad"), "-d", "777",
                    "-tr", trainer, "-device", "cpu", "--modality", "PET"], predict_env, expect_ok=False)
-    assert rc != 0 and "Unknown modality 'PET'" in log
+    assert rc == 1 and "Traceback" not in log and not (root / "preds_bad").exists()
+    assert log.strip().splitlines()[-1].startswith("ERROR: Unknown modality 'PET': this model was trained with")
 
 
 def test_training_refuses_mismatched_table_and_single_modality(workspace):

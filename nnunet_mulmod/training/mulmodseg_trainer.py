@@ -269,8 +269,8 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         return join(self.output_folder_base, TABLE_COPY_FILENAME) if self.output_folder_base else None
 
     def check_inputs(self, plans: dict, configuration: str, fold, dataset_json: dict) -> None:
-        super().check_inputs(plans, configuration, fold, dataset_json)
         self.text_table, self.text_table_source = self.load_text_table(plans, configuration, dataset_json)
+        super().check_inputs(plans, configuration, fold, dataset_json)
 
     def load_text_table(self, plans: dict, configuration: str, dataset_json: dict):
         """(table in the dataset's modality and class order, where it came from). The run's own copy if it has
