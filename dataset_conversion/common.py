@@ -89,12 +89,22 @@ def dataset_writer(dataset_id: int, name: str, overwrite: bool) -> Iterator[str]
     folder_name = dataset_folder_name(dataset_id, name)
     target = os.path.join(raw, folder_name)
     prefix = f"Dataset{int(dataset_id):03d}_"
-    existing = sorted(d for d in os.listdir(raw) if d.startswith(prefix) and os.path.isdir(os.path.join(raw, d))) \
-        if os.path.isdir(raw) else []
-    others = [d for d in existing if d != folder_name]
-    if others:
-        raise ConversionError(f"Dataset id {dataset_id} is already used by {os.path.join(raw, others[0])}. "
-                              f"Choose another id (-d) or delete that folder yourself.")
+
+    def datasets_with_this_id(base: Optional[str]) -> List[str]:
+        if not base or not os.path.isdir(base):
+            return []
+        return sorted(d for d in os.listdir(base) if d.startswith(prefix) and os.path.isdir(os.path.join(base, d)))
+
+    existing = datasets_with_this_id(raw)
+    # nnU-Net resolves an id by searching all three folders: another name under the id in any of them would make
+    # planning fail later with "More than one dataset name found"
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        base = raw if variable == "nnUNet_raw" else os.environ.get(variable)
+        others = [d for d in datasets_with_this_id(base) if d != folder_name]
+        if others:
+            raise ConversionError(f"Dataset id {dataset_id} is already used by {os.path.join(base, others[0])} "
+                                  f"(${variable}). Choose another id (-d), or delete that folder yourself if it is "
+                                  f"no longer needed.")
     if existing and not overwrite:
         raise ConversionError(f"{target} already exists. Re-run with --overwrite to replace it "
                               f"(the old folder is kept until the new one is complete), or choose another -d/--name.")
