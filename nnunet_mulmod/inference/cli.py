@@ -9,6 +9,7 @@ detection only; see nnunet_mulmod/inference/modality_selection.py).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Mapping, Optional, Sequence, Union
 
@@ -58,6 +59,11 @@ def predict_with_modalities(model_folder: str, input_folder_or_files, output_fol
         raise ModalityError(f"{model_folder} is not a MulModSeg model (its network is {type(network).__name__}); "
                             f"use nnUNetv2_predict for it.")
     predictor.mulmod_resolver = resolver
+    if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:  # as nnUNetv2_predict does
+        if isinstance(output_folder, str):
+            os.makedirs(output_folder, exist_ok=True)
+        return predictor.predict_from_files_sequential(input_folder_or_files, output_folder,
+                                                       save_probabilities=save_probabilities, overwrite=overwrite)
     return predictor.predict_from_files(input_folder_or_files, output_folder, save_probabilities=save_probabilities,
                                         overwrite=overwrite, num_processes_preprocessing=num_processes_preprocessing,
                                         num_processes_segmentation_export=num_processes_segmentation_export)
