@@ -149,7 +149,9 @@ def read_mask_stack(ground_folder: str, dicom_files_by_name: List[str], ordered_
             mask = mask[..., 0]
         if mask.shape != matrix:
             raise ConversionError(f"Case {case}: mask {path} is {mask.shape[1]}x{mask.shape[0]} pixels but the DICOM "
-                                  f"slices are {matrix[1]}x{matrix[0]}. The mask does not belong to this series.")
+                                  f"slices are {matrix[1]}x{matrix[0]}: it does not belong to this series. Restore "
+                                  f"{ground_folder} from the CHAOS download (each series folder's Ground/ holds its "
+                                  f"own masks, one PNG per slice, in slice order), or remove the case.")
         masks.append((path, mask))
     return masks
 

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_mulmod.modality import ModalityError, modality_family, set_modalities
+from nnunet_mulmod.modality import ModalityError, check_modality_families, modality_family, set_modalities
 
 FILE_ENDING = ".nii.gz"
 
@@ -89,12 +89,22 @@ def dataset_writer(dataset_id: int, name: str, overwrite: bool) -> Iterator[str]
     folder_name = dataset_folder_name(dataset_id, name)
     target = os.path.join(raw, folder_name)
     prefix = f"Dataset{int(dataset_id):03d}_"
-    existing = sorted(d for d in os.listdir(raw) if d.startswith(prefix) and os.path.isdir(os.path.join(raw, d))) \
-        if os.path.isdir(raw) else []
-    others = [d for d in existing if d != folder_name]
-    if others:
-        raise ConversionError(f"Dataset id {dataset_id} is already used by {os.path.join(raw, others[0])}. "
-                              f"Choose another id (-d) or delete that folder yourself.")
+
+    def datasets_with_this_id(base: Optional[str]) -> List[str]:
+        if not base or not os.path.isdir(base):
+            return []
+        return sorted(d for d in os.listdir(base) if d.startswith(prefix) and os.path.isdir(os.path.join(base, d)))
+
+    existing = datasets_with_this_id(raw)
+    # nnU-Net resolves an id by searching all three folders: another name under the id in any of them would make
+    # planning fail later with "More than one dataset name found"
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        base = raw if variable == "nnUNet_raw" else os.environ.get(variable)
+        others = [d for d in datasets_with_this_id(base) if d != folder_name]
+        if others:
+            raise ConversionError(f"Dataset id {dataset_id} is already used by {os.path.join(base, others[0])} "
+                                  f"(${variable}). Choose another id (-d), or delete that folder yourself if it is "
+                                  f"no longer needed.")
     if existing and not overwrite:
         raise ConversionError(f"{target} already exists. Re-run with --overwrite to replace it "
                               f"(the old folder is kept until the new one is complete), or choose another -d/--name.")
@@ -195,14 +205,15 @@ def check_same_geometry(image: sitk.Image, label: sitk.Image, case: str, image_p
 
 
 def check_label_values(values: Iterable[int], allowed: Iterable[int], case: str, label_path: str,
-                       meaning: Optional[Mapping[int, str]] = None) -> None:
+                       meaning: Optional[Mapping[int, str]] = None,
+                       fix: str = "Fix the label file, add the values to the label map, or remove the case.") -> None:
     allowed = set(int(a) for a in allowed)
     unexpected = sorted(int(v) for v in values if int(v) not in allowed)
     if unexpected:
         known = ", ".join(f"{v}" + (f" {meaning[v]}" if meaning and v in meaning else "") for v in sorted(allowed))
         raise ConversionError(
             f"Case {case}: label file {label_path} contains values {unexpected} that are not in the label map "
-            f"({known}). Fix the label file, add the values to the label map, or remove the case.")
+            f"({known}). {fix}")
 
 
 def label_array_and_values(label: sitk.Image, case: str, label_path: str):
@@ -226,10 +237,10 @@ def label_array_and_values(label: sitk.Image, case: str, label_path: str):
 
 
 def remap_labels(label: sitk.Image, lookup: Mapping[int, int], case: str, label_path: str,
-                 meaning: Optional[Mapping[int, str]] = None) -> sitk.Image:
+                 meaning: Optional[Mapping[int, str]] = None, fix: Optional[str] = None) -> sitk.Image:
     """Source value -> target id through a lookup table; values missing from ``lookup`` are an error."""
     array, values = label_array_and_values(label, case, label_path)
-    check_label_values(values, lookup.keys(), case, label_path, meaning)
+    check_label_values(values, lookup.keys(), case, label_path, meaning, **({"fix": fix} if fix else {}))
     table = np.zeros(int(values.max()) + 1, dtype=np.uint8)
     for source, target in lookup.items():
         if 0 <= int(source) < len(table):
@@ -324,7 +335,8 @@ def _indexed_call(args):
 def write_dataset_json(folder: str, channel_names: Mapping[int, str], labels: Mapping[str, int],
                        num_training_cases: int, case_modalities: Mapping[str, str],
                        vocabulary: Optional[Sequence[str]] = None,
-                       channel_modalities: Optional[Mapping[int, str]] = None, **extra) -> dict:
+                       channel_modalities: Optional[Mapping[int, str]] = None,
+                       families: Optional[Mapping[str, str]] = None, **extra) -> dict:
     """nnU-Net's generate_dataset_json plus the modality tags (nnunet_mulmod.modality schema)."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     generate_dataset_json(folder, dict(channel_names), dict(labels), num_training_cases, FILE_ENDING, **extra)
@@ -332,7 +344,8 @@ def write_dataset_json(folder: str, channel_names: Mapping[int, str], labels: Ma
     with open(path) as f:
         dataset_json = json.load(f)
     try:
-        set_modalities(dataset_json, case_modalities, vocabulary=vocabulary, channel_modalities=channel_modalities)
+        set_modalities(dataset_json, case_modalities, vocabulary=vocabulary, channel_modalities=channel_modalities,
+                       families=families)
     except ModalityError as e:
         raise ConversionError(str(e)) from None
     with open(path, "w", encoding="utf-8") as f:
@@ -347,15 +360,32 @@ def write_splits(folder: str, splits: List[Dict[str, List[str]]]) -> None:
         json.dump([{"train": sorted(s["train"]), "val": sorted(s["val"])} for s in splits], f, indent=4)
 
 
-def mixed_channel_name(modalities: Iterable[str], intensity: str) -> str:
-    """Channel name for a single-channel dataset: CT-only may use nnU-Net's 'CT' scheme; a CT+MR mix must not."""
-    families = {modality_family(m) for m in modalities}
+def mixed_channel_name(modalities: Iterable[str], intensity: str, dataset_json: Optional[Mapping] = None) -> str:
+    """Channel name for a single-channel dataset: CT-only may use nnU-Net's 'CT' scheme; a CT+MR mix must not.
+
+    ``dataset_json`` (or a dict with its 'modality_families') declares families the names do not give."""
+    modalities = list(modalities)
+    try:
+        check_modality_families(modalities, dataset_json, where="modality names")
+    except ModalityError as e:
+        raise ConversionError(str(e).replace("declare others in dataset.json, e.g. ",
+                                             "declare others with --modality_family NAME FAMILY or in dataset.json "
+                                             "as ")) from None
+    families = {modality_family(m, dataset_json) for m in modalities}
     if intensity not in INTENSITY_CHANNEL_NAMES:
         raise ConversionError(f"--intensity must be one of {sorted(INTENSITY_CHANNEL_NAMES)}, got {intensity!r}.")
     if families == {"CT"} and intensity == "zscore":
         return "CT"
     if "CT" not in families and intensity == "zscore":
         return "zscore"
+    if "other" in families and intensity != "zscore":
+        # the per-case CT/MR protocols tell CT from MR by intensities when no tag reaches them (nnU-Net's
+        # DefaultPreprocessor); an 'other' case (PET, ...) would silently get the MR protocol there
+        others = [m for m in modalities if modality_family(m, dataset_json) == "other"]
+        raise ConversionError(
+            f"Modality {others} is of the 'other' intensity family (its own normalisation, per-image z-score), which "
+            f"the '{intensity}' CT/MR protocol cannot tell from MR by intensities. Convert with --intensity zscore "
+            f"(nnU-Net's per-image z-score for every case), or convert only the CT/MR cases.")
     return INTENSITY_CHANNEL_NAMES[intensity]
 
 

@@ -100,9 +100,17 @@ def convert_msd(msd_folder: str, dataset_id: Optional[int] = None, name: Optiona
         dataset_id = int(match.group(1))
     name = name or (match.group(2) if match else task)
 
-    channels = {int(k): v for k, v in source["modality"].items()}
+    # MSD's own files say "modality"; a dataset.json already rewritten for nnU-Net v2 says "channel_names"
+    channel_key = next((k for k in ("modality", "channel_names") if isinstance(source.get(k), dict)), None)
+    if channel_key is None or "labels" not in source:
+        raise ConversionError(f"{json_path} has no channel map ('modality' or 'channel_names', e.g. "
+                              f'{{"0": "T2", "1": "ADC"}}) or no \'labels\'. Restore the MSD task\'s dataset.json.')
+    channels = {int(k): v for k, v in source[channel_key].items()}
     channel_modalities = {c: modality_tag(v) for c, v in channels.items()}
-    source_labels = {int(k): v for k, v in source["labels"].items()}
+    labels_map = source["labels"]
+    if all(isinstance(v, int) for v in labels_map.values()):  # nnU-Net v2 layout: name -> value
+        labels_map = {v: k for k, v in labels_map.items()}
+    source_labels = {int(k): v for k, v in labels_map.items()}
     if union:
         lookup = {v: (1 if v > 0 else 0) for v in source_labels}
         labels = {"background": 0, union_name: 1}

@@ -105,6 +105,8 @@ def cases_from_folders(images: List[List[str]], test_images: List[List[str]]) ->
 
 
 def cases_from_csv(path: str) -> List[dict]:
+    """The CSV's cases; every row is checked (files exist, modality name valid) before anything is converted,
+    and one error lists every bad row by its line number."""
     base = os.path.dirname(os.path.abspath(path))
     try:
         with open(path, newline="") as f:
@@ -114,13 +116,28 @@ def cases_from_csv(path: str) -> List[dict]:
     if not rows or not {"image", "modality"} <= set(rows[0]):
         raise ConversionError(f"{path} needs a header with at least the columns image,modality (optional: case_id, "
                               f"label).")
-    cases = []
+    cases, problems = [], []
     for line, row in enumerate(rows, start=2):
-        image = os.path.join(base, row["image"].strip())
+        image_entry = (row.get("image") or "").strip()
         label = (row.get("label") or "").strip()
+        modality = (row.get("modality") or "").strip()
+        image = os.path.join(base, image_entry)
+        for what, entry in (("image", image_entry), ("label", label)):
+            if what == "image" and not entry:
+                problems.append(f"line {line}: no image")
+            elif entry and not os.path.isfile(os.path.join(base, entry)):
+                problems.append(f"line {line}: {what} {entry} not found ({os.path.join(base, entry)})")
+        try:
+            validate_modality_name(modality)
+        except ModalityError as e:
+            problems.append(f"line {line}: {e}")
         case = (row.get("case_id") or "").strip() or image_case_id(os.path.basename(image))
         cases.append(dict(case=case, image=image, label=os.path.join(base, label) if label else None,
-                          modality=row["modality"].strip(), line=line))
+                          modality=modality, line=line))
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... ({len(problems)} problems in all)" if len(problems) > 10 else "")
+        raise ConversionError(f"{path}: {shown}. Fix these rows (paths are relative to the CSV file) or remove them; "
+                              f"nothing was converted.")
     return cases
 
 
@@ -138,14 +155,17 @@ def convert_own_case(job: dict) -> dict:
         if job["unlisted_to_background"]:
             _, values = label_array_and_values(label, case, job["label"])
             lookup.update({int(v): 0 for v in values if int(v) not in lookup})
-        write_image(remap_labels(label, lookup, case, job["label"], meaning), job["out_label"])
+        write_image(remap_labels(label, lookup, case, job["label"], meaning,
+                                 fix="Fix the label file, add the values to the label map (--labels), re-run with "
+                                     "--unlisted_to_background to set unlisted values to background, or remove "
+                                     "the case."), job["out_label"])
     copy_or_write(image, job["image"], job["out_image"])
     return {"case": case}
 
 
 def convert_own_data(cases: List[dict], labels_json: str, dataset_id: int, name: str,
                      unlisted_to_background: bool = False, intensity: str = "paper", num_processes: int = 1,
-                     overwrite: bool = False) -> str:
+                     overwrite: bool = False, families: Optional[Dict[str, str]] = None) -> str:
     if not cases:
         raise ConversionError("No images found: give --images MODALITY IMAGES_DIR LABELS_DIR (repeatable) or --csv.")
     modalities = list(dict.fromkeys(c["modality"] for c in cases))
@@ -154,6 +174,8 @@ def convert_own_data(cases: List[dict], labels_json: str, dataset_id: int, name:
             validate_modality_name(m)
         except ModalityError as e:
             raise ConversionError(str(e)) from None
+    families = {m: f for m, f in (families or {}).items() if m in modalities}
+    channel_name = mixed_channel_name(modalities, intensity, {"modality_families": families})  # before any work
     seen = {}
     for c in cases:
         if c["case"] in seen:
@@ -179,8 +201,8 @@ def convert_own_data(cases: List[dict], labels_json: str, dataset_id: int, name:
             jobs.append(job)
         run_jobs(convert_own_case, jobs, num_processes, desc="cases")
         case_modalities = {c["case"]: c["modality"] for c in cases}
-        write_dataset_json(out, {0: mixed_channel_name(modalities, intensity)}, target, len(training),
-                           case_modalities, vocabulary=modalities, dataset_name=name,
+        write_dataset_json(out, {0: channel_name}, target, len(training),
+                           case_modalities, vocabulary=modalities, families=families or None, dataset_name=name,
                            overwrite_image_reader_writer="NibabelIOWithReorient",
                            converted_by="nnunet_mulmod_convert_own_data")
     return dataset_path(dataset_id, name)
@@ -198,6 +220,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='JSON label map: {"background": 0, "liver": 1} or one map per modality')
     parser.add_argument("--unlisted_to_background", action="store_true",
                         help="set label values that are not in the map to background instead of failing")
+    parser.add_argument("--modality_family", nargs=2, action="append", default=[], metavar=("MODALITY", "FAMILY"),
+                        help="intensity family (CT, MR or other = per-image z-score) of a modality whose name does "
+                             "not give it (e.g. --modality_family XR other); repeatable")
     add_common_arguments(parser, default_id=510, default_name="OwnCTMR")
     add_intensity_argument(parser)
     args = parser.parse_args(argv)
@@ -205,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error("give either --csv or --images/--test_images")
     cases = cases_from_csv(args.csv) if args.csv else cases_from_folders(args.images, args.test_images)
     out = convert_own_data(cases, args.labels, args.d, args.name, args.unlisted_to_background, args.intensity,
-                           args.np, args.overwrite)
+                           args.np, args.overwrite, dict(args.modality_family))
     print(f"Wrote {out}")
 
 

@@ -126,10 +126,13 @@ def _vec(values) -> str:
 
 
 def _geometry_problem(ref_props: dict, pred_props: dict, ref_shape, pred_shape) -> Optional[str]:
+    # nnU-Net's readers give arrays and spacings in z, y, x; messages use the file's x, y, z order (as ITK,
+    # ITK-SNAP and nibabel headers show them)
     if tuple(ref_shape) != tuple(pred_shape):
-        return f"shape {tuple(pred_shape)} (prediction) vs {tuple(ref_shape)} (reference)"
+        return (f"size (x, y, z) {tuple(pred_shape)[::-1]} (prediction) vs {tuple(ref_shape)[::-1]} (reference)")
     if not np.allclose(ref_props["spacing"], pred_props["spacing"], rtol=1e-4, atol=1e-5):
-        return f"spacing {_vec(pred_props['spacing'])} (prediction) vs {_vec(ref_props['spacing'])} (reference)"
+        return (f"spacing (x, y, z) {_vec(list(pred_props['spacing'])[::-1])} (prediction) vs "
+                f"{_vec(list(ref_props['spacing'])[::-1])} (reference)")
     a, b = ref_props.get("sitk_stuff"), pred_props.get("sitk_stuff")
     if a is not None and b is not None:
         if not np.allclose(a["origin"], b["origin"], atol=1e-3):

@@ -15,14 +15,16 @@ The design (no change to any nnU-Net command):
    ``MulModPreprocessor`` in ``default_preprocessor``: the planner writes the class name into the plans and
    ``nnUNetv2_plan_and_preprocess`` workers, the trainer and ``nnUNetv2_predict`` find it by name, in every
    (spawned) process.
-2. Each case's family (CT or MR) is decided in this order (:func:`decide_family`):
-   a. ``NNUNET_MULMOD_INTENSITY_FAMILY=CT|MR`` in the environment (explicit override, e.g. predicting a folder
+2. Each case's family (CT, MR or other, see nnunet_mulmod.modality; other = per-image z-score, e.g. PET) is
+   decided in this order (:func:`decide_family`):
+   a. ``NNUNET_MULMOD_INTENSITY_FAMILY=CT|MR|other`` in the environment (explicit override, e.g. predicting a folder
       of new MR scans; spawned workers inherit it);
    b. the case's tag in dataset.json ``case_modalities`` -- used when the plans name ``MulModPreprocessor``
       (the plans variants of ``nnunet_mulmod_plans_variant`` do; ``-preprocessor_name MulModPreprocessor``
       for nnU-Net's planner), which reads the case id from the image file name;
-   c. the intensities: CT in Hounsfield units always holds air and fat well below -100 (and padding at
-      -1024 or lower); MR magnitudes are >= 0. CT if the 1st percentile is below -100.
+   c. the intensities (CT or MR only: an 'other' case needs (a) or (b)): CT in Hounsfield units always holds
+      air and fat well below -100 (and padding at -1024 or lower); MR magnitudes are >= 0. CT if the 1st
+      percentile is below -100.
    With nnU-Net's DefaultPreprocessor only (c) is available; for ordinary HU CT and magnitude MR it agrees
    with the tags. Custom windows (``mulmod_intensity`` in a plans configuration) need MulModPreprocessor.
 
@@ -38,7 +40,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from nnunetv2.preprocessing.normalization.default_normalization_schemes import ImageNormalization
 
-from nnunet_mulmod.modality import lookup_case_modality, modality_family
+from nnunet_mulmod.modality import FAMILIES, check_modality_families, lookup_case_modality, modality_family
 
 FAMILY_OVERRIDE_ENV = "NNUNET_MULMOD_INTENSITY_FAMILY"
 PAPER_PROTOCOL = {"ct_window": (-275.0, 125.0), "mr_percentiles": (0.5, 99.5), "mr_scaling": "minmax"}
@@ -58,14 +60,17 @@ def decide_family(case_id: Optional[str] = None, dataset_json: Optional[Mapping]
     """Environment override > dataset.json tag > intensities (see module docstring)."""
     override = os.environ.get(FAMILY_OVERRIDE_ENV, "").strip()
     if override:
-        family = modality_family(override)
-        if family == "other":
-            raise ValueError(f"{FAMILY_OVERRIDE_ENV}={override!r}: use CT or MR.")
+        family = override if override in FAMILIES else modality_family(override)
+        if family not in FAMILIES:
+            raise ValueError(f"{FAMILY_OVERRIDE_ENV}={override!r}: use one of {list(FAMILIES)}.")
         return family
     if case_id is not None and dataset_json is not None:
         tag = lookup_case_modality(dataset_json, case_id)
         if tag is not None:
-            return "CT" if modality_family(tag) == "CT" else "MR"
+            family = modality_family(tag, dataset_json)
+            if family not in FAMILIES:
+                check_modality_families([tag], dataset_json)  # raises, naming the modality and the fix
+            return family
     if image is None:
         raise ValueError("decide_family needs a tagged case or the image")
     return detect_family(image)
@@ -114,6 +119,8 @@ class MulModIntensityNormalization(ImageNormalization):
         family = self.family or decide_family(image=image)
         if family == "CT":
             return normalize_ct(image, self.protocol["ct_window"])
+        if family == "other":  # its own normalisation (e.g. PET as SUV z-score): per-image z-score
+            return normalize_mr(image, None, "zscore")
         return normalize_mr(image, self.protocol["mr_percentiles"], self.protocol["mr_scaling"])
 
 

@@ -17,9 +17,15 @@ Rules
   for a dataset that already has trained models.
 - A name is letters, digits, ``-`` and ``_``, starting with a letter or digit.
 - Every value of ``case_modalities`` and ``channel_modalities`` must be in ``modalities``.
-- The *family* of a modality (``CT`` or ``MR``, else ``other``) is read from its name: names that
-  start with ``CT`` are CT, names that start with ``MR`` are MR (``MR-T1``, ``MRI``, ``MR_T2``).
-  The family chooses the intensity protocol; the full name chooses the text prompt.
+- Every modality has an intensity *family*, which chooses the intensity protocol (the full name chooses the
+  text prompt): ``CT`` (Hounsfield units: the CT window), ``MR`` (arbitrary magnitudes: the MR protocol) or
+  ``other`` (its own normalisation: per-image z-score, e.g. PET as SUV z-score). It is read from the name
+  (see ``FAMILY_NAME_PREFIXES``: ``CT*`` is CT; ``MR*``, ``T1*``, ``T2*``, ``FLAIR``, ``ADC``, ``DWI`` ...
+  are MR; ``PET*``, ``SPECT*`` are other) unless dataset.json declares it::
+
+    "modality_families": {"CBCT": "CT", "XR": "other"}
+
+  A name that is neither declared nor placed by its prefix is an error (never quietly MR).
 
 Everything here is plain Python (no torch): it is imported by converters and at start-up.
 """
@@ -31,6 +37,16 @@ from typing import Dict, Iterable, List, Mapping, Optional
 MODALITIES_KEY = "modalities"
 CASE_MODALITIES_KEY = "case_modalities"
 CHANNEL_MODALITIES_KEY = "channel_modalities"
+MODALITY_FAMILIES_KEY = "modality_families"
+
+FAMILIES = ("CT", "MR", "other")
+# family -> name prefixes (case-insensitive) that place a modality name in it without a declaration
+FAMILY_NAME_PREFIXES = {
+    "CT": ("CT", "CBCT"),
+    "MR": ("MR", "T1", "T2", "FLAIR", "ADC", "DWI", "PD", "SWI", "DCE", "DIXON"),
+    "other": ("PET", "SPECT"),
+}
+UNKNOWN_FAMILY = "unknown"
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -46,14 +62,40 @@ def validate_modality_name(name: str) -> str:
     return name
 
 
-def modality_family(name: str) -> str:
-    """'CT', 'MR' or 'other', from the modality name (see module docstring)."""
+def modality_family(name: str, dataset_json: Optional[Mapping] = None) -> str:
+    """'CT', 'MR' or 'other' (see module docstring): dataset.json's declaration, else the name's prefix;
+    'unknown' for a name neither places (get_modalities refuses such datasets)."""
+    declared = dict((dataset_json or {}).get(MODALITY_FAMILIES_KEY, {}))
+    if name in declared:
+        return declared[name]
     upper = name.upper()
-    if upper.startswith("CT"):
-        return "CT"
-    if upper.startswith("MR"):
-        return "MR"
-    return "other"
+    for family, prefixes in FAMILY_NAME_PREFIXES.items():
+        if upper.startswith(prefixes):
+            return family
+    return UNKNOWN_FAMILY
+
+
+def accepted_family_names() -> str:
+    """The prefixes that place a name, for error messages: 'CT: CT*, CBCT*; MR: MR*, T1*, ...'."""
+    return "; ".join(f"{family}: " + ", ".join(f"{p}*" for p in prefixes)
+                     for family, prefixes in FAMILY_NAME_PREFIXES.items())
+
+
+def check_modality_families(modalities: Iterable[str], dataset_json: Optional[Mapping] = None,
+                            where: str = "dataset.json") -> None:
+    """Every modality must have an intensity family: one error naming the ones that have none, and the fix."""
+    declared = dict((dataset_json or {}).get(MODALITY_FAMILIES_KEY, {}))
+    bad_declarations = {m: f for m, f in declared.items() if f not in FAMILIES}
+    if bad_declarations:
+        raise ModalityError(f"{where} '{MODALITY_FAMILIES_KEY}' declares unknown families {bad_declarations}; "
+                            f"the families are {list(FAMILIES)}.")
+    unplaced = [m for m in modalities if modality_family(m, dataset_json) == UNKNOWN_FAMILY]
+    if unplaced:
+        raise ModalityError(
+            f"{where}: cannot tell the intensity family of modality {unplaced} (it chooses the intensity protocol). "
+            f"Names are placed by prefix ({accepted_family_names()}); declare others in dataset.json, e.g. "
+            f'"{MODALITY_FAMILIES_KEY}": {{"{unplaced[0]}": "other"}} (families: CT, MR, other = per-image '
+            f"z-score), or rename the modality.")
 
 
 def modality_prompt_text(name: str) -> str:
@@ -74,6 +116,7 @@ def get_modalities(dataset_json: Mapping) -> List[str]:
         validate_modality_name(m)
     if len(set(modalities)) != len(modalities):
         raise ModalityError(f"dataset.json '{MODALITIES_KEY}' has duplicates: {modalities}")
+    check_modality_families(modalities, dataset_json)
     return modalities
 
 
@@ -146,10 +189,12 @@ def require_case_modalities(dataset_json: Mapping, case_ids: Iterable[str]) -> D
 
 def set_modalities(dataset_json: dict, case_modalities: Mapping[str, str],
                    vocabulary: Optional[Iterable[str]] = None,
-                   channel_modalities: Optional[Mapping[int, str]] = None) -> dict:
+                   channel_modalities: Optional[Mapping[int, str]] = None,
+                   families: Optional[Mapping[str, str]] = None) -> dict:
     """Writes the schema into ``dataset_json`` (in place, also returned), validated.
 
-    ``vocabulary`` fixes the order; by default the modalities in order of first appearance.
+    ``vocabulary`` fixes the order; by default the modalities in order of first appearance. ``families``
+    declares the intensity family of modalities whose name does not place them (module docstring).
     """
     if vocabulary is None:
         vocabulary = []
@@ -157,6 +202,8 @@ def set_modalities(dataset_json: dict, case_modalities: Mapping[str, str],
             if m not in vocabulary:
                 vocabulary.append(m)
     dataset_json[MODALITIES_KEY] = [validate_modality_name(m) for m in vocabulary]
+    if families:
+        dataset_json[MODALITY_FAMILIES_KEY] = dict(families)
     dataset_json[CASE_MODALITIES_KEY] = {str(k): v for k, v in sorted(case_modalities.items())}
     if channel_modalities is not None:
         dataset_json[CHANNEL_MODALITIES_KEY] = {str(int(k)): v for k, v in sorted(channel_modalities.items())}

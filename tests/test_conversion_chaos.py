@@ -177,7 +177,7 @@ def _remove_slice(folder: Path, dicom_name: str, png_name: str):
     os.remove(folder / "Ground" / png_name)
 
 
-@pytest.mark.parametrize("problem", ["gap", "mixed", "missing_mask", "grey_value", "truncated"])
+@pytest.mark.parametrize("problem", ["gap", "mixed", "missing_mask", "grey_value", "truncated", "mask_size"])
 def test_bad_dicom_input_names_the_case(tmp_path, nnunet_env, problem):
     chaos = make_chaos(tmp_path, real_ct=False)
     patient = chaos / "Train_Sets" / "CT" / "2"
@@ -198,6 +198,11 @@ def test_bad_dicom_input_names_the_case(tmp_path, nnunet_env, problem):
         mask[3:6, 3:6] = 100
         write_pngs(patient / "T2SPIR" / "Ground", [mask], ["IMG-0002-00004.png"])
         expected = "Case t2_03: mask .*IMG-0002-00004.png has grey values \\[100\\] outside the CHAOS ranges"
+    elif problem == "mask_size":
+        write_pngs(patient / "Ground", [np.zeros((SIZE, SIZE + 4))], ["liver_GT_005.png"])
+        expected = (f"Case ct_02: mask .*liver_GT_005.png is {SIZE + 4}x{SIZE} pixels but the DICOM slices are "
+                    f"{SIZE}x{SIZE}: it does not belong to this series. Restore .*Ground from the CHAOS download "
+                    f".*or remove the case")
     else:
         path = patient / "DICOM_anon" / "i0004,0000b.dcm"
         path.write_bytes(path.read_bytes()[:-700])

@@ -95,3 +95,28 @@ def test_bad_input_names_the_case(tmp_path, nnunet_env, problem):
         expected = "Case prostate_00: image .* has no label"
     with pytest.raises(ConversionError, match=expected):
         main(["-i", str(task), "-d", "515", "-np", "1"])
+
+
+def test_dataset_json_with_channel_names_is_read(tmp_path, nnunet_env):
+    task = make_task(tmp_path, "Task05_Prostate")
+    source = json.loads((task / "dataset.json").read_text())
+    source["channel_names"] = source.pop("modality")  # as tools that rewrite MSD's file for nnU-Net v2 leave it
+    (task / "dataset.json").write_text(json.dumps(source))
+    main(["-i", str(task), "-d", "516", "-np", "1"])
+    dataset_json = read_json(Path(nnunet_env["nnUNet_raw"]) / "Dataset516_Prostate" / "dataset.json")
+    assert dataset_json["channel_modalities"] == {"0": "T2", "1": "ADC"}
+    del source["channel_names"]
+    (task / "dataset.json").write_text(json.dumps(source))
+    with pytest.raises(ConversionError, match=r"dataset.json has no channel map \('modality' or 'channel_names'"):
+        main(["-i", str(task), "-d", "517", "-np", "1"])
+
+
+@pytest.mark.parametrize("variable", ["nnUNet_preprocessed", "nnUNet_results"])
+def test_dataset_id_clash_outside_raw_is_refused_before_writing(tmp_path, nnunet_env, variable):
+    task = make_task(tmp_path, "Task05_Prostate")
+    clash = Path(nnunet_env[variable]) / "Dataset518_SomethingElse"
+    clash.mkdir(parents=True)
+    with pytest.raises(ConversionError, match=f"Dataset id 518 is already used by {clash} \\(\\${variable}\\)"):
+        main(["-i", str(task), "-d", "518", "-np", "1"])
+    assert not list(Path(nnunet_env["nnUNet_raw"]).glob("*518*"))
+    assert not list(Path(nnunet_env["nnUNet_raw"]).glob(".*518*"))

@@ -76,9 +76,42 @@ def test_csv_and_bad_labels(tmp_path, nnunet_env):
     _, label = synthetic_pair(2, labels=(1, 2, 7), modality="MR")
     write_volume(tmp_path / "data" / "seg2.nii.gz", label)
     with pytest.raises(ConversionError, match="Case case2: label file .*seg2.nii.gz contains values \\[7\\] that are "
-                                              "not in the label map \\(0 background, 1 kidney, 2 liver\\)"):
+                                              "not in the label map \\(0 background, 1 kidney, 2 liver\\)\\. .*re-run "
+                                              "with --unlisted_to_background"):
         main(["--csv", str(tmp_path / "cases.csv"), "--labels", str(tmp_path / "labels.json"), "-d", "512"])
-    # a missing label file
+    # missing files: every row is checked before anything is converted, and named by its CSV line
     (tmp_path / "data" / "seg1.nii.gz").unlink()
-    with pytest.raises(ConversionError, match="Case case1: file .*seg1.nii.gz does not exist"):
+    (tmp_path / "data" / "img3.mha").unlink()
+    with pytest.raises(ConversionError) as e:
         main(["--csv", str(tmp_path / "cases.csv"), "--labels", str(tmp_path / "labels.json"), "-d", "512"])
+    message = str(e.value)
+    assert message.startswith(str(tmp_path / "cases.csv"))
+    assert "line 3: label data/seg1.nii.gz not found" in message
+    assert "line 5: image data/img3.mha not found" in message and "line 6: image data/img3.mha not found" in message
+    assert "nothing was converted" in message
+    assert not list(Path(nnunet_env["nnUNet_raw"]).glob("*512*")) and not list(Path(nnunet_env["nnUNet_raw"]).glob(".*512*"))
+
+
+def test_modality_families_unknown_names_are_refused_and_declared_ones_kept(tmp_path, nnunet_env):
+    rows = ["case_id,image,label,modality"]
+    for i, modality in enumerate(("CT", "XR")):
+        image, label = synthetic_pair(i, labels=(1,), modality="CT")
+        write_volume(tmp_path / f"img{i}.nii.gz", image)
+        write_volume(tmp_path / f"seg{i}.nii.gz", label)
+        rows.append(f"case{i},img{i}.nii.gz,seg{i}.nii.gz,{modality}")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "labels.json").write_text(json.dumps({"background": 0, "liver": 1}))
+    args = ["--csv", str(tmp_path / "cases.csv"), "--labels", str(tmp_path / "labels.json"), "-d", "513", "-np", "1"]
+    raw = Path(nnunet_env["nnUNet_raw"])
+    with pytest.raises(ConversionError, match=r"cannot tell the intensity family of modality \['XR'\].*CT: CT\*.*"
+                                              r"MR: MR\*, T1\*.*other: PET\*.*--modality_family NAME FAMILY"):
+        main(args)
+    assert not list(raw.glob("*513*")) and not list(raw.glob(".*513*"))
+    # declared 'other' (per-image z-score): the CT/MR protocol cannot place it by intensities, z-score can
+    with pytest.raises(ConversionError, match=r"\['XR'\] is of the 'other' intensity family .*--intensity zscore"):
+        main(args + ["--modality_family", "XR", "other"])
+    assert not list(raw.glob("*513*"))
+    main(args + ["--modality_family", "XR", "other", "--intensity", "zscore"])
+    dataset_json = read_json(raw / "Dataset513_OwnCTMR" / "dataset.json")
+    assert dataset_json["modality_families"] == {"XR": "other"} and dataset_json["modalities"] == ["CT", "XR"]
+    assert dataset_json["channel_names"] == {"0": "either_CT_or_MR"}

@@ -83,12 +83,13 @@ def test_missing_predictions_are_listed_or_scored_as_empty(dataset):
 def test_mismatched_geometry_names_case_and_both_shapes(dataset):
     write_nifti(np.zeros((10, 20, 21), np.uint8), os.path.join(pred_folder(dataset), "case_002.nii.gz"), (3, .8, .8))
     # num_processes=2: the error must come out of the worker pool intact
-    with pytest.raises(EvaluationError, match=r"Case case_002.*shape \(10, 20, 21\) \(prediction\) vs \(10, 20, 20\)"):
+    with pytest.raises(EvaluationError, match=r"Case case_002.*size \(x, y, z\) \(21, 20, 10\) \(prediction\) vs "
+                                              r"\(20, 20, 10\)"):
         evaluate_folder(dataset["labels"], pred_folder(dataset), dataset["dataset_json"], num_processes=2,
                         progress=False)
     write_nifti(np.zeros((10, 20, 20), np.uint8), os.path.join(pred_folder(dataset), "case_002.nii.gz"), (2, .8, .8))
-    with pytest.raises(EvaluationError, match=r"Case case_002.*spacing \(2, 0\.8, 0\.8\) \(prediction\) vs "
-                                              r"\(3, 0\.8, 0\.8\)"):
+    with pytest.raises(EvaluationError, match=r"Case case_002.*spacing \(x, y, z\) \(0\.8, 0\.8, 2\) "
+                                              r"\(prediction\) vs \(0\.8, 0\.8, 3\)"):
         evaluate_folder(dataset["labels"], pred_folder(dataset), dataset["dataset_json"], num_processes=1,
                         progress=False)
 

@@ -77,3 +77,26 @@ def test_unknown_modality_from_user_is_refused():
 def test_case_id_from_nnunet_output_file():
     assert case_id_from_output_file("/preds/amos_0507") == "amos_0507"
     assert case_id_from_output_file(None) is None
+
+
+def test_intensity_families_by_prefix_declaration_or_refusal():
+    import numpy as np
+
+    from nnunet_mulmod.intensity import MulModIntensityNormalization, decide_family
+    assert [modality_family(m) for m in ("CT", "CTinv", "MR-T1", "T1gd", "ADC", "FLAIR", "PET", "SPECT-Tc")] == \
+        ["CT", "CT", "MR", "MR", "MR", "MR", "other", "other"]
+    assert modality_family("XR") == "unknown"
+    with pytest.raises(ModalityError, match=r"cannot tell the intensity family of modality \['XR'\].*CT: CT\*, CBCT\*; "
+                                            r"MR: MR\*.*other: PET\*, SPECT\*.*\"modality_families\": \{\"XR\": \"other\"\}"):
+        set_modalities(dict(DATASET), {"a": "CT", "b": "XR"})
+    d = set_modalities(dict(DATASET), {"a": "CT", "b": "XR", "c": "PET"}, families={"XR": "CT"})
+    assert d["modality_families"] == {"XR": "CT"} and modality_family("XR", d) == "CT"
+    with pytest.raises(ModalityError, match=r"declares unknown families \{'XR': 'bone'\}"):
+        set_modalities(dict(DATASET), {"b": "XR"}, families={"XR": "bone"})
+    # the family picks the protocol per case: PET (other) is z-scored, not given the MR protocol
+    assert decide_family("b", d) == "CT" and decide_family("c", d) == "other"
+    pet = np.random.RandomState(0).gamma(2.0, 3.0, (8, 8, 8)).astype(np.float32)
+    normalized = MulModIntensityNormalization(family="other").run(pet.copy())
+    assert abs(normalized.mean()) < 1e-4 and abs(normalized.std() - 1) < 1e-3
+    as_mr = MulModIntensityNormalization(family="MR").run(pet.copy())
+    assert as_mr.min() == 0 and as_mr.max() == 1  # what PET used to get: MR's min-max protocol

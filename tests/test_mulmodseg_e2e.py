@@ -152,13 +152,17 @@ def test_train_resume_predict_synthetic(workspace):
                   "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
                   "--modality", "MR", "--wrong_prompt"], predict_env)
     assert "scan7: modality CT (MISTAKEN PROMPT: MR case prompted as CT (given by the user))" in log
+    # -npp 0 -nps 0: nnU-Net's sequential path (predict_from_files_sequential) selects and logs per case too
+    shutil.copy(os.path.join(images_ts, "ct_ts_000_0000.nii.gz"), unknown / "ct_ts_000_0000.nii.gz")
     _, log = run(["nnUNetv2_predict", "-i", str(unknown), "-o", str(root / "preds_auto"), "-d", "777", "-c",
-                  "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1",
+                  "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "0", "-nps", "0",
                   "--disable_tta"], predict_env)
+    assert "[nnunet-mulmod] ct_ts_000: modality CT (dataset.json case_modalities)" in log
     assert re.search(r"scan7: modality (CT|MR) \(automatic detection; patches: ", log)
     rc, log = run(["nnunet_mulmod_predict", "-i", str(unknown), "-o", str(root / "preds_bad"), "-d", "777",
                    "-tr", trainer, "-device", "cpu", "--modality", "PET"], predict_env, expect_ok=False)
-    assert rc != 0 and "Unknown modality 'PET'" in log
+    assert rc == 1 and "Traceback" not in log and not (root / "preds_bad").exists()
+    assert log.strip().splitlines()[-1].startswith("ERROR: Unknown modality 'PET': this model was trained with")
 
 
 def test_training_refuses_mismatched_table_and_single_modality(workspace):
@@ -174,11 +178,18 @@ def test_training_refuses_mismatched_table_and_single_modality(workspace):
     wrong.save(str(pre / "mulmod_text_table.pt"))
     rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerMulModSeg_test", "-device",
                    "cpu"], train_env(env, 1), expect_ok=False)
-    assert rc != 0 and "does not match dataset" in log and "modalities ['CT', 'MR'] != dataset's ['CT']" in log
-    assert "classes ['background', 'liver', 'spleen'] != dataset's ['background', 'liver', 'kidney_right']" in log
+    last_line = log.strip().splitlines()[-1]  # nnU-Net prints the traceback; our message must be its last line
+    assert rc != 0 and "does not match dataset" in last_line and str(pre / "mulmod_text_table.pt") in last_line
+    assert "modalities ['MR'] that the dataset does not have" in last_line
+    assert "no classes ['kidney_right']" in last_line and "nnunet_mulmod_build_text_table -d 778" in last_line
+    results = root / "res" / "Dataset778_MulModMono"
+    assert not results.exists() or not any(results.rglob("fold_0"))  # no results folder, no empty log
     rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerALT_test", "-device", "cpu"],
                   train_env(env, 1), expect_ok=False)
-    assert rc != 0 and "ALT alternates between modalities, but the training cases of fold 0 are all CT" in log
+    last_line = log.strip().splitlines()[-1]
+    assert rc != 0 and "alternates between modalities (ALT), but every training case of Dataset778_MulModMono " \
+                       "fold 0 is CT" in last_line and "Train a single-modality dataset with nnUNetTrainer" in last_line
+    assert not results.exists() or not any(results.rglob("fold_0"))
 
 
 def _crop_cases(image_path, label_path, modality, n, rng):

@@ -249,11 +249,15 @@ def test_cli_end_to_end_and_table_matches_dataset(minilm_path, tmp_path):
 
     table.check_matches(ds)
     renamed = dict(ds, labels={"background": 0, "kidney_left": 1, "ivc": 2, "adrenal_gland_right": 3})
-    with pytest.raises(TextTableError, match=r"classes .*postcava.* != dataset's .*'ivc'"):
+    with pytest.raises(TextTableError, match=r"no classes \['ivc'\] .*classes \['postcava'\] that the dataset does not"):
         table.check_matches(renamed)
     fewer_modalities = dict(ds, modalities=["CT", "MR-T1"], case_modalities={"c_001": "CT", "c_002": "MR-T1"})
-    with pytest.raises(TextTableError, match=r"modalities \['CT', 'MR-T1', 'MR-T2'\] != dataset's \['CT', 'MR-T1'\]"):
+    with pytest.raises(TextTableError, match=r"modalities \['MR-T2'\] that the dataset does not have"):
         table.check_matches(fewer_modalities)
+    reordered = dict(ds, modalities=["MR-T2", "CT", "MR-T1"])  # same names, another order: valid
+    aligned = table.aligned_to(reordered)
+    assert aligned.modalities == ["MR-T2", "CT", "MR-T1"]
+    assert torch.equal(aligned.embeddings[1], table.embeddings[0]) and aligned.prompts[1] == table.prompts[0]
 
 
 def test_cli_raw_fallback_open_clip_checkpoint_and_errors(tiny_clip, tmp_path):

@@ -103,3 +103,15 @@ def test_embed_cli_writes_default_table(tiny_medclip_folder, tmp_path, monkeypat
     zt.main(["-d", TOY_DATASET_JSON["name"], "-e", f"medclip:{tiny_medclip_folder}"])
     table = zt.load_table(str(tmp_path / "pre" / TOY_DATASET_JSON["name"] / "zeus_instruction_table.pt"))
     assert table["modalities"] == ["T2", "ADC"] and table["class_names"] == ["background", "gland", "lesion"]
+
+
+def test_corrupted_instruction_table_gives_one_clean_line(tmp_path):
+    from nnunet_mulmod.zeus import instruction_table as zt
+    path = tmp_path / "zeus_table.pt"
+    zt.save_table({"format": "x", "embeddings": torch.zeros(2, 2, 4)}, str(path))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(zt.ZeusTableError) as e:
+        zt.load_table(str(path))
+    message = str(e.value)
+    assert str(path) in message and "truncated, corrupted" in message and "nnunet_mulmod_zeus_embed -d" in message
+    assert "weights_only" not in message and e.value.__cause__ is None and e.value.__suppress_context__

@@ -9,11 +9,14 @@ detection only; see nnunet_mulmod/inference/modality_selection.py).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
 from nnunet_mulmod.inference.modality_selection import CaseModalityResolver, _unwrap, load_modality_map
+from nnunet_mulmod.modality import ModalityError
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 
 
@@ -29,7 +32,22 @@ def predict_with_modalities(model_folder: str, input_folder_or_files, output_fol
     ``modality`` applies to every case, ``modality_map`` (case id -> modality) to the cases it lists;
     cases given neither use the model's dataset.json map, then automatic detection.
     """
+    from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_mulmod.training.mulmodseg_trainer import PLANS_KEY
+
+    # everything the user can get wrong is checked from the model folder's json files, before the model loads
+    plans_file, dataset_json_file = join(model_folder, "plans.json"), join(model_folder, "dataset.json")
+    if not isfile(plans_file) or not isfile(dataset_json_file):
+        raise ModalityError(f"{model_folder} is not a trained model folder (no plans.json / dataset.json). Give the "
+                            f"folder nnUNetv2_train wrote (-m), or the dataset with -d and -tr/-p/-c.")
+    spec = load_json(plans_file).get(PLANS_KEY)
+    if spec is None:
+        raise ModalityError(f"{model_folder} is not a MulModSeg model (its plans.json has no '{PLANS_KEY}' section); "
+                            f"use nnUNetv2_predict for it.")
+    resolver = CaseModalityResolver(spec["modalities"], load_json(dataset_json_file), modality, modality_map,
+                                    wrong_prompt)
 
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
@@ -38,10 +56,14 @@ def predict_with_modalities(model_folder: str, input_folder_or_files, output_fol
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name)
     network = _unwrap(predictor.network)
     if not isinstance(network, MulModSegNet):
-        raise SystemExit(f"{model_folder} is not a MulModSeg model (its network is {type(network).__name__}); "
-                         f"use nnUNetv2_predict for it.")
-    predictor.mulmod_resolver = CaseModalityResolver(network.modalities, predictor.dataset_json, modality,
-                                                     modality_map, wrong_prompt)
+        raise ModalityError(f"{model_folder} is not a MulModSeg model (its network is {type(network).__name__}); "
+                            f"use nnUNetv2_predict for it.")
+    predictor.mulmod_resolver = resolver
+    if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:  # as nnUNetv2_predict does
+        if isinstance(output_folder, str):
+            os.makedirs(output_folder, exist_ok=True)
+        return predictor.predict_from_files_sequential(input_folder_or_files, output_folder,
+                                                       save_probabilities=save_probabilities, overwrite=overwrite)
     return predictor.predict_from_files(input_folder_or_files, output_folder, save_probabilities=save_probabilities,
                                         overwrite=overwrite, num_processes_preprocessing=num_processes_preprocessing,
                                         num_processes_segmentation_export=num_processes_segmentation_export)
@@ -79,10 +101,14 @@ def main(argv=None):
         parser.error("give the model with -m MODEL_FOLDER or with -d (and -tr/-p/-c)")
     model_folder = args.m or get_output_folder(args.d, args.tr, args.p, args.c)
     folds = [f if f == "all" else int(f) for f in args.f]
-    modality_map = load_modality_map(args.modality_map) if args.modality_map else None
-    predict_with_modalities(model_folder, args.i, args.o, folds, args.chk, args.modality, modality_map,
-                            args.wrong_prompt, args.step_size, not args.disable_tta, torch.device(args.device),
-                            args.npp, args.nps, args.save_probabilities)
+    try:
+        modality_map = load_modality_map(args.modality_map) if args.modality_map else None
+        predict_with_modalities(model_folder, args.i, args.o, folds, args.chk, args.modality, modality_map,
+                                args.wrong_prompt, args.step_size, not args.disable_tta, torch.device(args.device),
+                                args.npp, args.nps, args.save_probabilities)
+    except ModalityError as e:  # bad input: the message names the model/case and the fix; a traceback would hide it
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ Per case, the first that applies:
 ``wrong_prompt`` then swaps the chosen modality for the next one in the vocabulary (CT <-> MR with two):
 the paper's Table 7.
 
-nnU-Net's predictor gives the network image patches only, never the case's name. So that the plain
-``nnUNetv2_predict`` follows the same order, ``nnUNetPredictor.predict_from_data_iterator`` is wrapped
-when this module is imported (nnU-Net imports it while looking up a MulModSeg trainer): the wrapper
-reads each case's name from the item nnU-Net's iterator hands over, selects its modality on the
-network just before that case is predicted, and logs the choice. Networks that are not MulModSeg
+nnU-Net's predictor gives the network image patches only, never the case's name. So that every way of
+predicting follows the same order, importing this module (nnU-Net imports it while looking up a MulModSeg
+trainer) wraps the ``nnUNetPredictor`` methods a case passes through:
+``predict_logits_from_preprocessed_data``, which every path calls once per case, selects the case's modality
+on the network, predicts, logs the choice (``[nnunet-mulmod] CASE: modality MR (source)``) and clears it; the
+case's name comes from the path that knows it: ``predict_from_data_iterator`` (``nnUNetv2_predict``,
+``predict_from_files``, ``predict_from_list_of_npy_arrays``: the item's output file),
+``predict_from_files_sequential`` (``nnUNetv2_predict -npp 0 -nps 0``: the output or input file names) and
+``predict_single_npy_array`` (``output_file_truncated``). A case without a name gets the user's modality
+(``set_prediction_modality``) or automatic detection, logged as such. Networks that are not MulModSeg
 networks pass through untouched.
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections import deque
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -47,13 +53,19 @@ class CaseModalityResolver:
         self.modality = modality
         self.modality_map = dict(modality_map or {})
         self.wrong_prompt = wrong_prompt
-        for name in [modality] + list(self.modality_map.values()):
-            if name is not None and name != AUTO and name not in self.modalities:
-                raise ModalityError(f"Unknown modality {name!r}: this model was trained with {self.modalities}.")
+        if modality is not None and modality != AUTO and modality not in self.modalities:
+            raise ModalityError(f"Unknown modality {modality!r}: this model was trained with {self.modalities}. "
+                                f"Give one of them, or '{AUTO}' for automatic detection.")
+        for case, name in self.modality_map.items():
+            if name != AUTO and name not in self.modalities:
+                raise ModalityError(f"Unknown modality {name!r} for case {case!r} in the modality map: this model was "
+                                    f"trained with {self.modalities}. Fix that entry of the map.")
 
     def resolve(self, case_id: Optional[str]) -> Tuple[Optional[str], str]:
         """(modality name or None for automatic detection, how it was chosen)."""
-        if case_id is not None and case_id in self.modality_map:
+        if case_id is not None and self.modality_map.get(case_id) == AUTO:
+            name, source = None, "automatic detection (modality map)"
+        elif case_id is not None and case_id in self.modality_map:
             name, source = self.modality_map[case_id], "given by the user (modality map)"
         elif self.modality == AUTO:
             name, source = None, "automatic detection"
@@ -77,54 +89,138 @@ def case_id_from_output_file(ofile: Optional[str]) -> Optional[str]:
     return None if ofile is None else os.path.basename(ofile)
 
 
-def _select_modalities_per_case(predictor: nnUNetPredictor, network: MulModSegNet, data_iterator: Iterable):
+def case_id_from_input_files(files, file_ending: str) -> Optional[str]:
+    """nnU-Net's case id of a list of channel files (CASE_0000.nii.gz ...), as its predictor derives it."""
+    if not files or not isinstance(files[0], str):
+        return None
+    return os.path.basename(files[0])[:-(len(file_ending) + 5)]
+
+
+def _mulmod_network(predictor: nnUNetPredictor) -> Optional[MulModSegNet]:
+    network = _unwrap(predictor.network) if getattr(predictor, "network", None) is not None else None
+    return network if isinstance(network, MulModSegNet) else None
+
+
+def _pending_cases(predictor: nnUNetPredictor) -> deque:
+    """Names of the cases about to be predicted, in order: each prediction path that knows them queues them here
+    and ``predict_logits_from_preprocessed_data`` (which every path calls once per case) takes the next one."""
+    if "_mulmod_pending_cases" not in predictor.__dict__:
+        predictor._mulmod_pending_cases = deque()
+    return predictor._mulmod_pending_cases
+
+
+def _predict_case_with_its_modality(predictor: nnUNetPredictor, network: MulModSegNet, predict, data):
+    """Selects the case's modality on the network, predicts, logs the choice, and clears the selection."""
+    pending = _pending_cases(predictor)
+    case_id = pending.popleft() if pending else None
     resolver = getattr(predictor, "mulmod_resolver", None) or CaseModalityResolver(
         network.modalities, predictor.dataset_json)
-    network.auto_votes = None
-    pending_auto_case = None
-
-    def report_auto(case):
-        votes = network.auto_votes or [0] * len(network.modalities)
-        total = max(sum(votes), 1)
-        best = max(range(len(votes)), key=lambda i: votes[i])
-        detail = ", ".join(f"{m} {v}/{total}" for m, v in zip(network.modalities, votes) if v)
-        print(f"[nnunet-mulmod] {case}: modality {network.modalities[best]} (automatic detection; patches: {detail})")
-        network.auto_votes = None
-
+    name, source = resolver.resolve(case_id)
+    label = case_id or "image (no case name given)"
+    network.selected_modality = None if name is None else network.modality_index(name)
+    network.auto_votes = [0] * len(network.modalities) if name is None else None
+    if name is not None:
+        print(f"[nnunet-mulmod] {label}: modality {name} ({source})")
     try:
-        for item in data_iterator:
-            if pending_auto_case is not None:
-                report_auto(pending_auto_case)
-                pending_auto_case = None
-            case_id = case_id_from_output_file(item.get("ofile"))
-            name, source = resolver.resolve(case_id)
-            network.selected_modality = None if name is None else network.modality_index(name)
-            if name is None:
-                network.auto_votes = [0] * len(network.modalities)
-                pending_auto_case = case_id or "image"
-            else:
-                print(f"[nnunet-mulmod] {case_id or 'image'}: modality {name} ({source})")
-            yield item
-        if pending_auto_case is not None:
-            report_auto(pending_auto_case)
+        result = predict(data)
+        if name is None:
+            votes = network.auto_votes
+            total = max(sum(votes), 1)
+            best = max(range(len(votes)), key=lambda i: votes[i])
+            detail = ", ".join(f"{m} {v}/{total}" for m, v in zip(network.modalities, votes) if v)
+            print(f"[nnunet-mulmod] {label}: modality {network.modalities[best]} (automatic detection; "
+                  f"patches: {detail})")
+        return result
     finally:
         network.selected_modality = None
+        network.auto_votes = None
+
+
+def _queue_cases_of_data_iterator(predictor: nnUNetPredictor, data_iterator: Iterable):
+    for item in data_iterator:
+        _pending_cases(predictor).append(case_id_from_output_file(item.get("ofile")))
+        yield item
 
 
 def install_predictor_hook() -> None:
-    if getattr(nnUNetPredictor.predict_from_data_iterator, "_mulmod_hook", False):
+    """Wraps the nnUNetPredictor methods through which a case reaches the network (see module docstring)."""
+    if getattr(nnUNetPredictor.predict_logits_from_preprocessed_data, "_mulmod_hook", False):
         return
-    original = nnUNetPredictor.predict_from_data_iterator
+    original_logits = nnUNetPredictor.predict_logits_from_preprocessed_data
+    original_iterator = nnUNetPredictor.predict_from_data_iterator
+    original_sequential = nnUNetPredictor.predict_from_files_sequential
+    original_single = nnUNetPredictor.predict_single_npy_array
 
-    @functools.wraps(original)
+    @functools.wraps(original_logits)
+    def predict_logits_from_preprocessed_data(self, data):
+        network = _mulmod_network(self)
+        if network is None:
+            return original_logits(self, data)
+        return _predict_case_with_its_modality(self, network, lambda d: original_logits(self, d), data)
+
+    @functools.wraps(original_iterator)
     def predict_from_data_iterator(self, data_iterator, *args, **kwargs):
-        network = _unwrap(self.network) if getattr(self, "network", None) is not None else None
-        if isinstance(network, MulModSegNet):
-            data_iterator = _select_modalities_per_case(self, network, data_iterator)
-        return original(self, data_iterator, *args, **kwargs)
+        if _mulmod_network(self) is None:
+            return original_iterator(self, data_iterator, *args, **kwargs)
+        _pending_cases(self).clear()
+        try:
+            return original_iterator(self, _queue_cases_of_data_iterator(self, data_iterator), *args, **kwargs)
+        finally:
+            _pending_cases(self).clear()
 
-    predict_from_data_iterator._mulmod_hook = True
-    nnUNetPredictor.predict_from_data_iterator = predict_from_data_iterator
+    @functools.wraps(original_sequential)
+    def predict_from_files_sequential(self, *args, **kwargs):
+        # nnUNetv2_predict -npp 0 -nps 0: one loop over the cases, no iterator; the case order is the one
+        # _manage_input_and_output_lists returns, so the names are queued from its result
+        if _mulmod_network(self) is None:
+            return original_sequential(self, *args, **kwargs)
+        manage = self._manage_input_and_output_lists
+
+        def manage_and_queue(*margs, **mkwargs):
+            inputs, outputs, segs = manage(*margs, **mkwargs)
+            names = [case_id_from_output_file(o) for o in outputs] if outputs is not None else \
+                [case_id_from_input_files(files, self.dataset_json["file_ending"]) for files in inputs]
+            _pending_cases(self).extend(names)
+            return inputs, outputs, segs
+
+        _pending_cases(self).clear()
+        self._manage_input_and_output_lists = manage_and_queue
+        try:
+            return original_sequential(self, *args, **kwargs)
+        finally:
+            del self._manage_input_and_output_lists
+            _pending_cases(self).clear()
+
+    @functools.wraps(original_single)
+    def predict_single_npy_array(self, input_image, image_properties, segmentation_previous_stage=None,
+                                 output_file_truncated=None, *args, **kwargs):
+        if _mulmod_network(self) is None:
+            return original_single(self, input_image, image_properties, segmentation_previous_stage,
+                                   output_file_truncated, *args, **kwargs)
+        _pending_cases(self).clear()
+        _pending_cases(self).append(case_id_from_output_file(output_file_truncated))
+        try:
+            return original_single(self, input_image, image_properties, segmentation_previous_stage,
+                                   output_file_truncated, *args, **kwargs)
+        finally:
+            _pending_cases(self).clear()
+
+    for wrapper in (predict_logits_from_preprocessed_data, predict_from_data_iterator, predict_from_files_sequential,
+                    predict_single_npy_array):
+        wrapper._mulmod_hook = True
+        setattr(nnUNetPredictor, wrapper.__name__, wrapper)
+
+
+def set_prediction_modality(predictor: nnUNetPredictor, modality: Optional[str] = None,
+                            modality_map: Optional[Mapping[str, str]] = None, wrong_prompt: bool = False) -> None:
+    """For Python users of nnUNetPredictor (any of its prediction methods): the modality of every case, or per
+    case id, for a MulModSeg model loaded into ``predictor``. Unknown names are refused here, before predicting."""
+    network = _mulmod_network(predictor)
+    if network is None:
+        raise ModalityError("set_prediction_modality needs a predictor with a MulModSeg model loaded "
+                            "(initialize_from_trained_model_folder first).")
+    predictor.mulmod_resolver = CaseModalityResolver(network.modalities, predictor.dataset_json, modality,
+                                                     modality_map, wrong_prompt)
 
 
 def load_modality_map(path: str) -> Dict[str, str]:

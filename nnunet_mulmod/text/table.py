@@ -82,6 +82,11 @@ class TextEmbeddingTable:
         if d.get("format") != TABLE_FORMAT:
             raise TextTableError(f"{source} is not an nnunet-mulmod text table (format {d.get('format')!r}, "
                                  f"expected {TABLE_FORMAT!r}). Build one with nnunet_mulmod_build_text_table.")
+        missing = [k for k in ("embeddings", "modalities", "class_names", "prompts", "template", "template_text",
+                               "encoder") if k not in d]
+        if missing:
+            raise TextTableError(f"{source} is an incomplete text table (no {missing}). Rebuild it with "
+                                 f"'nnunet_mulmod_build_text_table -d <dataset id>'.")
         return cls(embeddings=d["embeddings"], modalities=list(d["modalities"]), class_names=list(d["class_names"]),
                    prompts=[list(p) for p in d["prompts"]], template=d["template"],
                    template_text=d["template_text"], encoder=dict(d["encoder"]))
@@ -94,24 +99,49 @@ class TextEmbeddingTable:
                 f"'nnunet_mulmod_build_text_table -d <dataset id>' (see README, 'Text embedding tables').")
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file
-            raise TextTableError(f"Cannot read text-embedding table {path}: {e}. Rebuild it with "
-                                 f"nnunet_mulmod_build_text_table.") from e
+        except Exception as e:  # a truncated, corrupted or foreign file
+            # torch's own message would advise weights_only=False, i.e. running code from the file: not the fix
+            raise TextTableError(
+                f"Cannot read text-embedding table {path} ({type(e).__name__}): the file is truncated, corrupted or "
+                f"not a table written by nnunet_mulmod_build_text_table. Delete it and rebuild it with "
+                f"'nnunet_mulmod_build_text_table -d <dataset id>'.") from None
+        if not isinstance(d, Mapping):
+            raise TextTableError(f"{path} is not an nnunet-mulmod text table (it holds a {type(d).__name__}). "
+                                 f"Rebuild it with 'nnunet_mulmod_build_text_table -d <dataset id>'.")
         return cls.from_dict(d, source=path)
 
-    def check_matches(self, dataset_json: Mapping, source: str = "the text-embedding table") -> None:
-        """Raises TextTableError, listing every difference, if classes or modalities differ from the dataset."""
-        problems = []
+    def aligned_to(self, dataset_json: Mapping, source: str = "the text-embedding table") -> "TextEmbeddingTable":
+        """This table with its rows in the dataset's modality order and its columns in the dataset's class order.
+
+        Names are matched, not positions: a table of the same modalities and classes in another order is
+        reordered. Missing or extra names raise TextTableError, one line listing every difference and the fix.
+        """
         modalities = get_modalities(dataset_json)
         classes = dataset_class_names(dataset_json)
-        if list(self.modalities) != modalities:
-            problems.append(f"modalities {self.modalities} != dataset's {modalities}")
-        if list(self.class_names) != classes:
-            problems.append(f"classes {self.class_names} != dataset's {classes}")
+        problems = []
+        for what, ours, theirs in (("modalities", self.modalities, modalities), ("classes", self.class_names, classes)):
+            missing = [n for n in theirs if n not in ours]
+            extra = [n for n in ours if n not in theirs]
+            if missing:
+                problems.append(f"no {what} {missing} (the table has {list(ours)})")
+            if extra:
+                problems.append(f"{what} {extra} that the dataset does not have (dataset: {list(theirs)})")
         if problems:
             raise TextTableError(
-                f"{source} does not match dataset '{dataset_json.get('name', '?')}': " + "; ".join(problems) +
-                ". Rebuild it for this dataset with 'nnunet_mulmod_build_text_table -d <dataset id>'.")
+                f"{source} does not match dataset '{dataset_json.get('name', '?')}': it has " + "; ".join(problems) +
+                ". It was built for another dataset or label set: rebuild it for this dataset with "
+                "'nnunet_mulmod_build_text_table -d <dataset id>'.")
+        rows = [self.modalities.index(m) for m in modalities]
+        columns = [self.class_names.index(c) for c in classes]
+        if rows == list(range(len(rows))) and columns == list(range(len(columns))):
+            return self
+        return TextEmbeddingTable(self.embeddings[rows][:, columns], modalities, classes,
+                                  [[self.prompts[r][c] for c in columns] for r in rows], self.template,
+                                  self.template_text, dict(self.encoder))
+
+    def check_matches(self, dataset_json: Mapping, source: str = "the text-embedding table") -> None:
+        """Raises TextTableError if names differ from the dataset's (see aligned_to; order does not matter)."""
+        self.aligned_to(dataset_json, source)
 
     def select_modalities(self, names: List[str]) -> "TextEmbeddingTable":
         idx = [self.modalities.index(n) for n in names]

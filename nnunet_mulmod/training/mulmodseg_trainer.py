@@ -14,21 +14,23 @@ M of ours.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import isfile, join
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 from torch import distributed as dist
 from torch import nn
 from torch._dynamo import OptimizedModule
 
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.file_path_utilities import get_output_folder
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
@@ -53,6 +55,24 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return network
 
 
+def preprocessed_fold_cases(plans: dict, configuration: str, fold) -> Tuple[List[str], List[str]]:
+    """(training, validation) case ids of the fold: the split's if splits_final.json defines the fold, else
+    (every preprocessed case, []). Read without creating anything; empty if nothing is preprocessed yet."""
+    if not nnUNet_preprocessed.is_set():
+        return [], []
+    plans_manager = PlansManager(plans)
+    base = join(nnUNet_preprocessed, plans_manager.dataset_name)
+    folder = join(base, plans_manager.get_configuration(configuration).data_identifier)
+    if not isdir(folder):
+        return [], []
+    splits_file = join(base, "splits_final.json")
+    if fold != "all" and isfile(splits_file):
+        splits = load_json(splits_file)
+        if int(fold) < len(splits):
+            return list(splits[int(fold)]["train"]), list(splits[int(fold)]["val"])
+    return sorted(infer_dataset_class(folder).get_identifiers(folder)), []
+
+
 class nnUNetTrainerALT(nnUNetTrainer):
     """Alternating training (ALT) with nnU-Net's own network: the paper's vision-only baseline."""
 
@@ -60,6 +80,8 @@ class nnUNetTrainerALT(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # nnU-Net's __init__ creates the results folder and the training log: bad input is refused before that
+        self.check_inputs(plans, configuration, fold, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.modalities: List[str] = get_modalities(dataset_json)
         self.modality_to_index: Dict[str, int] = {m: i for i, m in enumerate(self.modalities)}
@@ -68,6 +90,24 @@ class nnUNetTrainerALT(nnUNetTrainer):
         if self.alternate_modalities:
             for m in self.modalities:
                 self.logger.local_logger.my_fantastic_logging.setdefault(f"train_loss_{m}", [])
+
+    def check_inputs(self, plans: dict, configuration: str, fold, dataset_json: dict) -> None:
+        """Called before nnU-Net's __init__ (so ``self`` has no attributes yet): the modality tags of the fold's
+        cases and, for ALT, that they hold two modalities. Errors are one line naming the file and the fix."""
+        dataset_json_file = join(nnUNet_preprocessed.get() or "$nnUNet_preprocessed", plans["dataset_name"],
+                                 "dataset.json")
+        tr_keys, val_keys = preprocessed_fold_cases(plans, configuration, fold)
+        try:
+            modalities = get_modalities(dataset_json)
+            case_modalities = require_case_modalities(dataset_json, tr_keys + val_keys)
+        except ModalityError as e:
+            raise ModalityError(f"{dataset_json_file}: {e}") from None
+        present = [m for m in modalities if m in {case_modalities[k] for k in tr_keys}]
+        if self.alternate_modalities and tr_keys and len(present) < 2:
+            raise ModalityError(
+                f"{self.__class__.__name__} alternates between modalities (ALT), but every training case of "
+                f"{plans['dataset_name']} fold {fold} is {present[0]} ({dataset_json_file}: modalities {modalities}). "
+                f"Train a single-modality dataset with nnUNetTrainer, or add cases of a second modality.")
 
     # ------------------------------------------------------------------ modality of batches
     def _case_modality_indices(self, keys) -> torch.Tensor:
@@ -211,8 +251,11 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.text_table = self.load_text_table()
+        super().__init__(plans, configuration, fold, dataset_json, device)  # check_inputs loads self.text_table
+        self.print_to_log_file(f"Text embeddings: {self.text_table_source} ({self.text_table.template} "
+                               f"'{self.text_table.template_text}', encoder {self.text_table.encoder}, "
+                               f"{len(self.text_table.modalities)} x {len(self.text_table.class_names)} x "
+                               f"{self.text_table.embed_dim})")
         self.plans_manager.plans[PLANS_KEY] = {
             "modalities": list(self.text_table.modalities),
             "class_names": list(self.text_table.class_names),
@@ -228,21 +271,31 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def _table_copy_path(self) -> Optional[str]:
         return join(self.output_folder_base, TABLE_COPY_FILENAME) if self.output_folder_base else None
 
-    def load_text_table(self) -> TextEmbeddingTable:
-        """The run's own copy if it has one (resuming keeps its table), else the dataset's table."""
-        copy = self._table_copy_path()
+    def check_inputs(self, plans: dict, configuration: str, fold, dataset_json: dict) -> None:
+        self.text_table, self.text_table_source = self.load_text_table(plans, configuration, dataset_json)
+        super().check_inputs(plans, configuration, fold, dataset_json)
+
+    def load_text_table(self, plans: dict, configuration: str, dataset_json: dict):
+        """(table in the dataset's modality and class order, where it came from). The run's own copy if it has
+        one (resuming keeps its table), else the dataset's table. Runs before nnU-Net's __init__."""
+        from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+        fix = f"nnunet_mulmod_build_text_table -d {convert_dataset_name_to_id(plans['dataset_name'])}"
+        results = get_output_folder(plans["dataset_name"], self.__class__.__name__, plans["plans_name"],
+                                    configuration) if nnUNet_results.is_set() else None
+        copy = join(results, TABLE_COPY_FILENAME) if results else None
         if copy is not None and isfile(copy):
-            table, source = TextEmbeddingTable.load(copy), copy
+            source = copy
+        elif not nnUNet_preprocessed.is_set():
+            raise TextTableError("nnUNet_preprocessed is not set: cannot find the text-embedding table. "
+                                 "export nnUNet_preprocessed=/path/to/nnUNet_preprocessed.")
         else:
-            if self.preprocessed_dataset_folder_base is None:
-                raise TextTableError("nnUNet_preprocessed is not set: cannot find the text-embedding table.")
-            source = default_table_path(self.preprocessed_dataset_folder_base)
-            table = TextEmbeddingTable.load(source)
-        table.check_matches(self.dataset_json, source=source)
-        self.print_to_log_file(f"Text embeddings: {source} ({table.template} '{table.template_text}', "
-                               f"encoder {table.encoder}, {len(table.modalities)} x {len(table.class_names)} x "
-                               f"{table.embed_dim})")
-        return table
+            source = default_table_path(join(nnUNet_preprocessed.get(), plans["dataset_name"]))
+        try:
+            table = TextEmbeddingTable.load(source).aligned_to(dataset_json, source=source)
+        except TextTableError as e:  # the messages say '<dataset id>': give the user the exact command
+            raise TextTableError(str(e).replace("nnunet_mulmod_build_text_table -d <dataset id>", fix)) from None
+        return table, source
 
     # ------------------------------------------------------------------ network
     @staticmethod
@@ -358,8 +411,8 @@ class nnUNetTrainerMulModSegNoALT(nnUNetTrainerMulModSeg):
 class nnUNetTrainerMulModSegOneHot(nnUNetTrainerMulModSeg):
     """One-hot codes (class one-hot + modality one-hot) instead of text embeddings: Table 1's 'one-hot'."""
 
-    def load_text_table(self) -> TextEmbeddingTable:
-        return one_hot_table(self.dataset_json)
+    def load_text_table(self, plans: dict, configuration: str, dataset_json: dict):
+        return one_hot_table(dataset_json), "one-hot codes"
 
 
 class nnUNetTrainerSingleModality(nnUNetTrainer):

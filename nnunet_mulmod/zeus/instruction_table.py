@@ -67,9 +67,13 @@ def load_table(path: str) -> dict:
                              f"'nnunet_mulmod_zeus_embed -d <id> -e <encoder>' (or set {TABLE_PATH_ENV}).")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ZeusTableError(f"Cannot read Zeus instruction table {path}: {e}. Rebuild it with "
-                             f"nnunet_mulmod_zeus_embed.") from e
+    except Exception as e:  # torch's message would advise weights_only=False (running code from the file)
+        raise ZeusTableError(f"Cannot read Zeus instruction table {path} ({type(e).__name__}): the file is "
+                             f"truncated, corrupted or not written by nnunet_mulmod_zeus_embed. Delete it and "
+                             f"rebuild it with 'nnunet_mulmod_zeus_embed -d <id> -e <encoder>'.") from None
+    if not isinstance(d, Mapping):
+        raise ZeusTableError(f"{path} is not a Zeus instruction table (it holds a {type(d).__name__}). Rebuild it "
+                             f"with 'nnunet_mulmod_zeus_embed -d <id> -e <encoder>'.")
     TextEmbeddingTable.from_dict(d, source=path)  # validates format and shapes
     return d
 
