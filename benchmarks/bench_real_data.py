@@ -208,12 +208,13 @@ class RealDataBenchmark:
         os.replace(tmp, self.state_file)
 
     def run(self, step: str, command: List[str], log_name: str, show_epochs: bool = False) -> float:
-        from evaluation.experiments import ExperimentError, run_command
+        from nnunet_mulmod.command_runner import CommandFailed, print_epoch_lines, run_logged
         print(f"[bench] {step}: {' '.join(command)}", flush=True)
         start = time.time()
         try:
-            run_command(command, self.env, os.path.join(self.logs, log_name), show_epochs=show_epochs)
-        except ExperimentError as e:
+            run_logged(command, os.path.join(self.logs, log_name), self.env,
+                       on_line=print_epoch_lines if show_epochs else None)
+        except CommandFailed as e:
             raise BenchmarkError(str(e)) from None
         return time.time() - start
 

@@ -17,8 +17,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from synthetic import write_dataset  # noqa: E402
 
-from evaluation.experiment_settings import make_experiment, ratio_counts, ratio_split, trainer_module_source  # noqa: E402,E501
-from evaluation.experiments import STATE_FILE, find_command, main  # noqa: E402
+from evaluation.experiment_settings import make_experiment, trainer_configs  # noqa: E402
+from evaluation.experiment_state import STATE_FILE  # noqa: E402
+from evaluation.experiments import main  # noqa: E402
+from nnunet_mulmod.command_runner import find_command  # noqa: E402
+from nnunet_mulmod.training.experiment_trainers import ratio_counts, ratio_split, write_trainer_folder  # noqa: E402
 
 DATASET_ID = 871
 DATASET = "Dataset871_MulModTiny"
@@ -268,8 +271,7 @@ def test_generated_ratio_trainer_found_by_nnunet_and_splits_untouched(nnunet_env
                                  only=["ratio_2to1_alt_no_text"])
     [setting] = experiment.settings
     folder = nnunet_env / "generated"
-    folder.mkdir()
-    (folder / "nnunet_mulmod_experiment_trainers.py").write_text(trainer_module_source(experiment.settings, "test"))
+    write_trainer_folder(str(folder), trainer_configs(experiment.settings))
     monkeypatch.setenv("nnUNet_extTrainer", str(folder))
     trainer_class = recursive_find_trainer_class_by_name(setting.trainer)
     pre = nnunet_env / "pre" / DATASET
