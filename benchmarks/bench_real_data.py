@@ -320,7 +320,7 @@ class RealDataBenchmark:
     def evaluate(self) -> dict:
         import pandas as pd
         from evaluation.compare import compare_frames, evaluate_input
-        from evaluation.report import AVG
+        from evaluation.tables import AVG
 
         dataset_json = self.dataset_json
         reference = os.path.join(self.preprocessed, DATASET, "gt_segmentations")

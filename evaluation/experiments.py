@@ -347,7 +347,8 @@ class ExperimentRunner:
         return rows
 
     def report(self) -> Dict[str, str]:
-        from evaluation.report import REPORT_SETTINGS_FILE, write_report
+        from evaluation.report import write_report
+        from evaluation.tables import REPORT_SETTINGS_FILE
         self.progress(f"report -> {os.path.join(self.output, 'report')}")
         if self.dry_run:
             return {}

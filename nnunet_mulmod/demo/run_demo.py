@@ -107,30 +107,13 @@ def derive_demo_plans(preprocessed_dataset_folder: str, base_features: int, sour
     return path
 
 
-def read_image(path: str):
-    import SimpleITK as sitk
-    image = sitk.ReadImage(path)
-    return sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
-
-
-def make_overlay(dataset_folder: str, predictions_folder: str, dataset_json: dict, output_file: str,
-                 per_case_dice: Dict[str, float]) -> str:
-    """Overlay PNG of the test case with the median Dice of each modality (a typical, not the best, case)."""
-    from nnunet_mulmod.demo.plots import plot_overlays
-    case_modalities = dataset_json["case_modalities"]
-    rows, spacing = [], None
-    for modality in dataset_json["modalities"]:
-        cases = sorted((d, c) for c, d in per_case_dice.items() if case_modalities.get(c) == modality)
-        if not cases:
-            continue
-        dice, case = cases[len(cases) // 2]
-        image, spacing = read_image(os.path.join(dataset_folder, "imagesTs", f"{case}_0000.nii.gz"))
-        truth, _ = read_image(os.path.join(dataset_folder, "labelsTs", f"{case}.nii.gz"))
-        prediction, _ = read_image(os.path.join(predictions_folder, f"{case}.nii.gz"))
-        rows.append({"title": f"{modality} {case} (Dice {dice:.2f})", "modality": modality, "image": image,
-                     "truth": truth, "prediction": prediction})
-    labels = {int(v): k for k, v in dataset_json["labels"].items()}
-    return plot_overlays(rows, labels, output_file, spacing_zyx=spacing)
+def make_overlay(dataset_folder: str, summary: dict, dataset_json: dict, output_file: str) -> str:
+    """The report's qualitative figure (evaluation.figures.plot_qualitative) of the demo's predictions: per modality
+    the test case with the median Dice (a typical, not the best, case): image, ground truth, prediction."""
+    from evaluation.figures import plot_qualitative
+    from evaluation.tables import summary_to_frame
+    per_case = summary_to_frame(summary, setting="prediction", dataset_json=dataset_json)
+    return plot_qualitative(per_case, os.path.join(dataset_folder, "imagesTs"), dataset_json, output_file)
 
 
 def summary_table(summary: dict, dataset_json: dict) -> str:
@@ -329,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings["evaluate"] = time.time() - t
 
         t = header(7, "Figures")
-        figures = write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary,
+        figures = write_figures(output_dir, results, dataset, dataset_raw, dataset_json, summary,
                                 trainer, DEMO_PLANS if args.base_features else "nnUNetPlans")
         timings["figures"] = time.time() - t
     except StepFailed as e:
@@ -377,9 +360,9 @@ def auto_detected_modalities(predict_log: str, true_modalities: Dict[str, str]) 
     return detected
 
 
-def write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary, trainer,
+def write_figures(output_dir, results, dataset, dataset_raw, dataset_json, summary, trainer,
                   plans_name) -> Dict[str, str]:
-    from nnunet_mulmod.demo.plots import loss_curves_from_checkpoint, plot_training_curves
+    from evaluation.figures import loss_curves_from_checkpoint, plot_training_curves
     figures = {}
     fold_folder = os.path.join(results, dataset, f"{trainer}__{plans_name}__{CONFIGURATION}", f"fold_{FOLD}")
     progress_png = os.path.join(fold_folder, "progress.png")
@@ -394,16 +377,8 @@ def write_figures(output_dir, results, dataset, dataset_raw, predictions, datase
             figures["training curves"] = plot_training_curves(
                 curves, os.path.join(output_dir, "training_curves.png"),
                 pseudo_dice=logging.get("mean_fg_dice"), title=f"{trainer} on {dataset}")
-    per_case = {c["case_id"]: float(_mean_foreground_dice(c)) for c in summary["metric_per_case"]}
-    figures["overlay"] = make_overlay(dataset_raw, predictions, dataset_json,
-                                      os.path.join(output_dir, "overlay.png"), per_case)
+    figures["overlay"] = make_overlay(dataset_raw, summary, dataset_json, os.path.join(output_dir, "overlay.png"))
     return figures
-
-
-def _mean_foreground_dice(case: dict) -> float:
-    import numpy as np
-    values = [m["Dice"] for k, m in case["metrics"].items() if k != "0"]
-    return float(np.nanmean(values))
 
 
 if __name__ == "__main__":
