@@ -8,7 +8,7 @@ import pytest
 from evaluation.evaluate_folder import evaluate_folder
 from evaluation.report import main as report_main
 from evaluation.tables import load_case_metrics
-from evaluation.synthetic import make_synthetic_dataset
+from synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
