@@ -87,27 +87,16 @@ DEFAULT_CLIP = TextEncoder("CLIP", tuple(sorted({"type": "open_clip", "model": "
 
 
 def parse_text_model(text: str) -> TextEncoder:
-    """``[NAME=]SPEC`` -> TextEncoder. SPEC: ``hf:<id or folder>``, ``open_clip:<model>[:<pretrained tag or
-    file>]``, a JSON encoder spec, or a plain path (a folder: hf; a file: OpenAI CLIP ViT-B/32 weights)."""
+    """``[NAME=]SPEC`` -> TextEncoder. SPEC: what nnunet_mulmod.text.encoders.parse_encoder_spec reads
+    (``hf:<id or folder>``, ``open_clip:<model>[:<pretrained tag or file>]``, ``medclip:<folder>``, a JSON encoder
+    spec, or a plain path: a folder is hf, a weights file OpenAI CLIP ViT-B/32)."""
+    from nnunet_mulmod.text.encoders import parse_encoder_spec
     name = None
     if "=" in text and not text.lstrip().startswith("{"):
         name, text = text.split("=", 1)
-    text = text.strip()
-    if text.startswith("{"):
-        spec = json.loads(text)
-    elif text.startswith("hf:"):
-        spec = {"type": "hf", "model": text[3:]}
-    elif text.startswith("open_clip:"):
-        model, _, pretrained = text[len("open_clip:"):].partition(":")
-        spec = {"type": "open_clip", "model": model or "ViT-B-32"}
-        if pretrained:
-            spec["pretrained"] = pretrained
-    elif text.endswith((".bin", ".pt", ".pth", ".safetensors")):
-        spec = {"type": "open_clip", "model": "ViT-B-32-quickgelu", "pretrained": text}
-    else:
-        spec = {"type": "hf", "model": text}
+    spec = parse_encoder_spec(text)
     if not name:
-        source = str(spec.get("model", spec.get("type")))
+        source = str(spec.get("model", spec.get("path", spec.get("type"))))
         name = re.sub(r"[^A-Za-z0-9]+", "-", source.rstrip("/").split("/")[-1]).strip("-") or spec["type"]
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-]*", name):
         raise ValueError(f"Text encoder name {name!r} may only hold letters, digits and '-' (it becomes part of "
