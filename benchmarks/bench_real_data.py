@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -128,17 +127,6 @@ def step_seconds(logging: dict, iterations: int) -> float:
     the first epoch (worker start-up) is left out."""
     durations = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
     return statistics.median(durations[1:] if len(durations) > 1 else durations) / iterations
-
-
-def auto_detection_accuracy(log_file: str, truth: Dict[str, str]) -> Dict[str, str]:
-    """case -> detected modality, from nnunet_mulmod_predict's per-case lines."""
-    detected = {}
-    with open(log_file, encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"\[nnunet-mulmod\] (\S+): modality (\S+) \(automatic detection", line)
-            if m and m.group(1) in truth:
-                detected[m.group(1)] = m.group(2)
-    return detected
 
 
 def plot_pseudo_dice(curves: Dict[str, Dict[str, List[float]]], iterations: int, output_file: str) -> str:
@@ -313,7 +301,8 @@ class RealDataBenchmark:
                  ["nnunet_mulmod_predict", "-m", model, "-f", str(fold), "-i", inputs, "-o",
                   os.path.join(self.output, "auto_modality", self.trainer_name(base), f"fold_{fold}"),
                   "--modality", "auto", "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], log)
-        detected = auto_detection_accuracy(os.path.join(self.logs, log), self.dataset_json["case_modalities"])
+        from nnunet_mulmod.demo.run_demo import auto_detected_modalities  # the predictor's per-case log lines
+        detected = auto_detected_modalities(os.path.join(self.logs, log), self.dataset_json["case_modalities"])
         self.record(key, detected)
         return detected
 
