@@ -34,7 +34,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from evaluation.evaluate_folder import evaluate_case, evaluate_folder, labels_from_dataset_json, load_dataset_json
-    from evaluation.synthetic import make_synthetic_dataset
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from synthetic import make_synthetic_dataset  # the tests' data writer (not part of the package)
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics, compute_metrics_on_folder
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 

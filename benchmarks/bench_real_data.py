@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -130,17 +129,6 @@ def step_seconds(logging: dict, iterations: int) -> float:
     return statistics.median(durations[1:] if len(durations) > 1 else durations) / iterations
 
 
-def auto_detection_accuracy(log_file: str, truth: Dict[str, str]) -> Dict[str, str]:
-    """case -> detected modality, from nnunet_mulmod_predict's per-case lines."""
-    detected = {}
-    with open(log_file, encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"\[nnunet-mulmod\] (\S+): modality (\S+) \(automatic detection", line)
-            if m and m.group(1) in truth:
-                detected[m.group(1)] = m.group(2)
-    return detected
-
-
 def plot_pseudo_dice(curves: Dict[str, Dict[str, List[float]]], iterations: int, output_file: str) -> str:
     """One line per trainer: nnU-Net's EMA pseudo Dice (validation patches) against optimizer steps, mean over folds."""
     import matplotlib
@@ -208,12 +196,13 @@ class RealDataBenchmark:
         os.replace(tmp, self.state_file)
 
     def run(self, step: str, command: List[str], log_name: str, show_epochs: bool = False) -> float:
-        from evaluation.experiments import ExperimentError, run_command
+        from nnunet_mulmod.command_runner import CommandFailed, print_epoch_lines, run_logged
         print(f"[bench] {step}: {' '.join(command)}", flush=True)
         start = time.time()
         try:
-            run_command(command, self.env, os.path.join(self.logs, log_name), show_epochs=show_epochs)
-        except ExperimentError as e:
+            run_logged(command, os.path.join(self.logs, log_name), self.env,
+                       on_line=print_epoch_lines if show_epochs else None)
+        except CommandFailed as e:
             raise BenchmarkError(str(e)) from None
         return time.time() - start
 
@@ -312,14 +301,15 @@ class RealDataBenchmark:
                  ["nnunet_mulmod_predict", "-m", model, "-f", str(fold), "-i", inputs, "-o",
                   os.path.join(self.output, "auto_modality", self.trainer_name(base), f"fold_{fold}"),
                   "--modality", "auto", "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], log)
-        detected = auto_detection_accuracy(os.path.join(self.logs, log), self.dataset_json["case_modalities"])
+        from nnunet_mulmod.demo.run_demo import auto_detected_modalities  # the predictor's per-case log lines
+        detected = auto_detected_modalities(os.path.join(self.logs, log), self.dataset_json["case_modalities"])
         self.record(key, detected)
         return detected
 
     def evaluate(self) -> dict:
         import pandas as pd
         from evaluation.compare import compare_frames, evaluate_input
-        from evaluation.report import AVG
+        from evaluation.tables import AVG
 
         dataset_json = self.dataset_json
         reference = os.path.join(self.preprocessed, DATASET, "gt_segmentations")

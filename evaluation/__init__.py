@@ -3,8 +3,11 @@
 - ``evaluation.metrics``: Dice, IoU, RVD, HD95, ASSD for one case (numpy/scipy only).
 - ``evaluation.evaluate_folder.evaluate_folder``: a prediction folder -> nnU-Net-compatible summary.json with a
   per-modality section (CLI ``nnunet_mulmod_evaluate``).
-- ``evaluation.report.write_report``: a results folder of summary.json files -> Markdown/CSV/LaTeX tables and PNG
-  figures (CLI ``nnunet_mulmod_report``).
+- ``evaluation.report.write_report``: a results folder of summary.json files -> Markdown/CSV/LaTeX tables
+  (``evaluation.tables``) and PNG figures (``evaluation.figures``, also the demo's) (CLI ``nnunet_mulmod_report``).
+- ``evaluation.experiments``: the papers' comparisons as one resumable command (``nnunet_mulmod_experiment``); its
+  rows in ``experiment_settings``, state file in ``experiment_state``, paths and test cases in ``experiment_paths``,
+  parameter counts in ``parameter_count``.
 - ``evaluation.compare.compare_models``: paired per-case differences and Wilcoxon tests between models
   (CLI ``nnunet_mulmod_compare``).
 

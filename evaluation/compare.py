@@ -32,7 +32,7 @@ from scipy import stats as scipy_stats
 from evaluation.evaluate_folder import (DEFAULT_NUM_PROCESSES, EvaluationError, check_same_dataset, evaluate_folder,
                                         load_dataset_json)
 from evaluation.metrics import HIGHER_IS_BETTER, SURFACE_METRICS
-from evaluation.report import AVG, PERCENT_METRICS, _modality_order, summary_to_frame
+from evaluation.tables import AVG, PERCENT_METRICS, modality_order, summary_to_frame
 
 ALL_MODALITIES = "all"
 _FOLD_PATTERN = re.compile(r"^fold_(\d+|all)$")
@@ -180,7 +180,7 @@ def compare_frames(df: pd.DataFrame, baseline: str, metrics: Sequence[str] = ("D
             raise EvaluationError(f"No values of metric {metric!r} in the inputs (HD95/ASSD need evaluations with "
                                   f"surface distances; nnU-Net's own summary.json files have Dice and IoU only).")
         wide = per_case_values(df, metric)
-        modalities = _modality_order(pd.DataFrame({"modality": wide.index.get_level_values(0).unique()}))
+        modalities = modality_order(pd.DataFrame({"modality": wide.index.get_level_values(0).unique()}))
         groups = ([ALL_MODALITIES] if len(modalities) > 1 else []) + modalities
         labels = [c for c in wide[baseline].columns if c != AVG] + [AVG]
         for model in models:

@@ -6,10 +6,9 @@ train the same thing share one training run: the trainer class name is derived f
 changes the training, so the same name means the same run, in this experiment and in any other.
 
 nnU-Net names a results folder ``<Trainer>__<Plans>__<configuration>``, so a setting that differs from a
-stock trainer (budget, CT:MR ratio, its own text table) gets its own generated subclass, written into the
-experiment's ``experiment_trainers/`` folder, which the experiment puts on ``nnUNet_extTrainer``. The
-generated classes call :func:`configure_trainer` / :func:`ratio_split` below, so this module must stay cheap to
-import (nnU-Net imports every module of a trainer folder while searching for a trainer).
+stock trainer (budget, CT:MR ratio, its own text table) gets a trainer of its own: a name and a config
+(:func:`trainer_configs`), which the experiment writes as data into its ``experiment_trainers/`` folder and
+puts on ``nnUNet_extTrainer``; nnunet_mulmod/training/experiment_trainers.py makes the classes from it.
 """
 from __future__ import annotations
 
@@ -19,23 +18,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nnunet_mulmod.training.experiment_trainers import ratio_split  # noqa: F401  (see configure_trainer)
+
 # Trainers whose networks take a modality prompt: predicted with nnunet_mulmod_predict and an explicit modality.
 PROMPTED_TRAINERS = ("nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT", "nnUNetTrainerMulModSegOneHot")
 # Trainers that read the text table (the one-hot trainer builds its codes itself).
 TEXT_TABLE_TRAINERS = ("nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT")
 ZEUS_TRAINERS = ("nnUNetTrainerZeus", "nnUNetTrainerZeusHybrid")
-# Where each base trainer lives (the generated module imports it from there).
-TRAINER_MODULES = {
-    "nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
-    "nnUNetTrainerALT": "nnunet_mulmod.training.mulmodseg_trainer",
-    "nnUNetTrainerMulModSeg": "nnunet_mulmod.training.mulmodseg_trainer",
-    "nnUNetTrainerMulModSegNoALT": "nnunet_mulmod.training.mulmodseg_trainer",
-    "nnUNetTrainerMulModSegOneHot": "nnunet_mulmod.training.mulmodseg_trainer",
-    "nnUNetTrainerCTOnly": "nnunet_mulmod.training.mulmodseg_trainer",
-    "nnUNetTrainerMROnly": "nnunet_mulmod.training.mulmodseg_trainer",
-    "nnUNetTrainerZeus": "nnunet_mulmod.zeus.trainer",
-    "nnUNetTrainerZeusHybrid": "nnunet_mulmod.zeus.trainer",
-}
 TEMPLATES = ("V1", "V2", "V3")
 # The majority and minority modality of Table 5's CT:MR ratios.
 RATIO_MODALITIES = ("CT", "MR")
@@ -98,27 +87,16 @@ DEFAULT_CLIP = TextEncoder("CLIP", tuple(sorted({"type": "open_clip", "model": "
 
 
 def parse_text_model(text: str) -> TextEncoder:
-    """``[NAME=]SPEC`` -> TextEncoder. SPEC: ``hf:<id or folder>``, ``open_clip:<model>[:<pretrained tag or
-    file>]``, a JSON encoder spec, or a plain path (a folder: hf; a file: OpenAI CLIP ViT-B/32 weights)."""
+    """``[NAME=]SPEC`` -> TextEncoder. SPEC: what nnunet_mulmod.text.encoders.parse_encoder_spec reads
+    (``hf:<id or folder>``, ``open_clip:<model>[:<pretrained tag or file>]``, ``medclip:<folder>``, a JSON encoder
+    spec, or a plain path: a folder is hf, a weights file OpenAI CLIP ViT-B/32)."""
+    from nnunet_mulmod.text.encoders import parse_encoder_spec
     name = None
     if "=" in text and not text.lstrip().startswith("{"):
         name, text = text.split("=", 1)
-    text = text.strip()
-    if text.startswith("{"):
-        spec = json.loads(text)
-    elif text.startswith("hf:"):
-        spec = {"type": "hf", "model": text[3:]}
-    elif text.startswith("open_clip:"):
-        model, _, pretrained = text[len("open_clip:"):].partition(":")
-        spec = {"type": "open_clip", "model": model or "ViT-B-32"}
-        if pretrained:
-            spec["pretrained"] = pretrained
-    elif text.endswith((".bin", ".pt", ".pth", ".safetensors")):
-        spec = {"type": "open_clip", "model": "ViT-B-32-quickgelu", "pretrained": text}
-    else:
-        spec = {"type": "hf", "model": text}
+    spec = parse_encoder_spec(text)
     if not name:
-        source = str(spec.get("model", spec.get("type")))
+        source = str(spec.get("model", spec.get("path", spec.get("type"))))
         name = re.sub(r"[^A-Za-z0-9]+", "-", source.rstrip("/").split("/")[-1]).strip("-") or spec["type"]
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-]*", name):
         raise ValueError(f"Text encoder name {name!r} may only hold letters, digits and '-' (it becomes part of "
@@ -267,85 +245,16 @@ def assign_trainer_names(settings: Sequence[Setting], epochs: Optional[int], ite
         s.trainer, s.trainer_config = "_".join(parts + [digest]), config
 
 
-def trainer_module_source(settings: Sequence[Setting], experiment_folder: str) -> str:
-    """Python source of the generated trainer classes of ``settings`` (one class per distinct trainer)."""
-    generated = {}
-    for s in settings:
-        if s.trainer_config and s.trainer not in generated:
-            generated[s.trainer] = s
-    lines = [f'"""Trainers generated by nnunet_mulmod_experiment for {experiment_folder}.',
-             "",
-             "Rewritten by every run of the experiment; nnUNetv2_predict needs this folder on nnUNet_extTrainer to",
-             'load these models. Each class carries its budget / split in experiment_config."""',
-             "import torch", "",
-             "from evaluation.experiment_settings import configure_trainer, ratio_split"]
-    for module in sorted({TRAINER_MODULES[s.base_trainer] for s in generated.values()}):
-        bases = sorted({s.base_trainer for s in generated.values() if TRAINER_MODULES[s.base_trainer] == module})
-        lines.append(f"from {module} import {', '.join(bases)}")
-    for name, s in generated.items():
-        lines += ["", "", f"class {name}({s.base_trainer}):",
-                  f"    experiment_config = {json.dumps(s.trainer_config, sort_keys=True)!r}", "",
-                  "    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,",
-                  '                 device: torch.device = torch.device("cuda")):',
-                  "        super().__init__(plans, configuration, fold, dataset_json, device)",
-                  "        configure_trainer(self)"]
-        if "ratio" in s.trainer_config:
-            lines += ["", "    def do_split(self):", "        return ratio_split(self, *super().do_split())"]
-        if s.trainer_config.get("skip_final_validation"):
-            lines += ["", "    def perform_actual_validation(self, save_probabilities: bool = False):",
-                      '        self.print_to_log_file("Final validation skipped (nnunet_mulmod_experiment '
-                      '--no_final_validation)")']
-    return "\n".join(lines) + "\n"
+def trainer_configs(settings: Sequence[Setting]) -> Dict[str, dict]:
+    """{trainer name: config} of the settings that need a trainer of their own (the experiment writes it to JSON:
+    nnunet_mulmod/training/experiment_trainers.py makes the classes from it)."""
+    return {s.trainer: s.trainer_config for s in settings if s.trainer_config}
 
 
-def _config(trainer) -> dict:
-    return json.loads(trainer.experiment_config)
-
-
+# Trainer modules that experiments wrote as Python source (before their trainers were made from data) import these.
 def configure_trainer(trainer) -> None:
-    """Sets the budget a generated trainer carries (called at the end of its __init__)."""
-    config = _config(trainer)
+    """Sets the budget an old generated trainer carries (called at the end of its __init__)."""
+    config = json.loads(trainer.experiment_config)
     for key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"):
         if key in config:
             setattr(trainer, key, int(config[key]))
-
-
-def ratio_counts(n_major: int, n_minor: int, ratio: float) -> Tuple[int, int]:
-    """How many majority (CT) and minority (MR) training cases make major:minor closest to ratio:1.
-
-    All majority cases are kept and the minority is subsampled (the paper keeps its CT cases and drops MR ones);
-    only when there are too few minority cases for the ratio is the majority subsampled instead. At least one case
-    of each is kept.
-    """
-    if ratio <= 0:
-        raise ValueError(f"CT:MR ratio must be > 0, got {ratio}")
-    if n_minor * ratio >= n_major:
-        return n_major, max(1, min(n_minor, int(round(n_major / ratio))))
-    return max(1, min(n_major, int(round(n_minor * ratio)))), n_minor
-
-
-def ratio_split(trainer, tr_keys, val_keys):
-    """nnU-Net's split with the training cases subsampled to CT:MR = ratio:1 (seeded); validation unchanged.
-
-    The user's splits_final.json is read as usual and never written: the subsampling happens in memory, per run.
-    """
-    import numpy as np
-    from nnunet_mulmod.modality import require_case_modalities
-
-    config = _config(trainer)
-    major, minor = config["ratio_modalities"]
-    modalities = require_case_modalities(trainer.dataset_json, list(tr_keys))
-    major_keys = sorted(k for k in tr_keys if modalities[k] == major)
-    minor_keys = sorted(k for k in tr_keys if modalities[k] == minor)
-    others = [k for k in tr_keys if modalities[k] not in (major, minor)]
-    if not major_keys or not minor_keys:
-        raise RuntimeError(f"CT:MR ratio run: fold {trainer.fold} has {len(major_keys)} {major} and {len(minor_keys)} "
-                           f"{minor} training cases; both must be > 0.")
-    n_major, n_minor = ratio_counts(len(major_keys), len(minor_keys), float(config["ratio"]))
-    rng = np.random.RandomState(int(config["ratio_seed"]) + int(trainer.fold if trainer.fold != "all" else 0))
-    kept_major = sorted(rng.choice(major_keys, n_major, replace=False).tolist())
-    kept_minor = sorted(rng.choice(minor_keys, n_minor, replace=False).tolist())
-    trainer.print_to_log_file(f"{major}:{minor} = {config['ratio']:g}:1 -> training on {n_major} of "
-                              f"{len(major_keys)} {major} and {n_minor} of {len(minor_keys)} {minor} cases "
-                              f"(seed {config['ratio_seed']}); {len(val_keys)} validation cases unchanged")
-    return kept_major + kept_minor + others, val_keys

@@ -17,213 +17,39 @@ See docs/evaluation.md, section "Experiments".
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import datetime
-import io
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from evaluation.experiment_settings import (EXPERIMENTS, TEXT_TABLE_TRAINERS, ZEUS_TRAINERS,
-                                            Experiment, Setting, TextTableSpec, make_experiment, parse_text_model,
-                                            trainer_module_source)
+from evaluation.experiment_paths import dataset_name, env_folder, model_folder, test_case_ids, test_modalities
+from evaluation.experiment_settings import (EXPERIMENTS, TEXT_TABLE_TRAINERS, ZEUS_TRAINERS, Experiment, Setting,
+                                            TextTableSpec, make_experiment, parse_text_model, trainer_configs)
+from evaluation.experiment_state import ExperimentError, ExperimentState
+from evaluation.parameter_count import count_parameters
+from nnunet_mulmod.command_runner import CommandFailed, format_command, print_epoch_lines, run_logged
 
-STATE_FILE = "experiment_state.json"
 TRAINER_FOLDER = "experiment_trainers"
-TRAINER_MODULE = "nnunet_mulmod_experiment_trainers.py"
 TEXT_TABLE_FOLDER = "text_tables"
 TEST_INPUT_FOLDER = "test_inputs"
 LOG_FOLDER = "logs"
 PARAMETERS_FILE = "parameters.csv"
 
 
-class ExperimentError(RuntimeError):
-    """A problem the user can fix; the CLI prints the message without a traceback."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# state
-# ----------------------------------------------------------------------------------------------------------------------
-class ExperimentState:
-    """``experiment_state.json``: {"experiment", "dataset", "configuration", "steps": {key: record}}.
-
-    A step is recorded as started before it runs and as done (with what it produced) after: a step found
-    started-but-not-done was interrupted and is redone from scratch.
-    """
-
-    def __init__(self, folder: str, header: dict):
-        self.path = os.path.join(folder, STATE_FILE)
-        if os.path.isfile(self.path):
-            with open(self.path) as f:
-                self.data = json.load(f)
-            for key in ("experiment", "dataset", "configuration", "plans"):
-                if self.data.get(key) != header[key]:
-                    raise ExperimentError(
-                        f"{folder} holds experiment {self.data.get('experiment')} of {self.data.get('dataset')} "
-                        f"({self.data.get('configuration')}, {self.data.get('plans')}); this run is "
-                        f"{header['experiment']} of {header['dataset']} ({header['configuration']}, "
-                        f"{header['plans']}). Give another output folder with -o.")
-        else:
-            self.data = dict(header, steps={})
-
-    def step(self, key: str) -> dict:
-        return self.data["steps"].get(key, {})
-
-    def is_done(self, key: str) -> bool:
-        return self.step(key).get("status") == "done"
-
-    def mark(self, key: str, status: str, **info) -> None:
-        self.data["steps"][key] = dict(info, status=status, time=datetime.datetime.now().isoformat(timespec="seconds"))
-        self.save()
-
-    def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=2)
-        os.replace(tmp, self.path)  # an interruption never leaves half a state file
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# locating the dataset, the models and the test cases
-# ----------------------------------------------------------------------------------------------------------------------
-def _env_folder(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ExperimentError(f"${name} is not set; set nnUNet_raw, nnUNet_preprocessed and nnUNet_results as for "
-                              f"nnU-Net itself.")
-    return value
-
-
-def dataset_name(dataset: str) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as e:
-        raise ExperimentError(f"Dataset {dataset}: {e}") from e
-
-
-def model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> str:
-    return os.path.join(_env_folder("nnUNet_results"), dataset, f"{trainer}__{plans}__{configuration}")
-
-
-def test_case_ids(images_folder: str, file_ending: str) -> List[str]:
-    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
-    if not os.path.isdir(images_folder):
-        raise ExperimentError(f"Test image folder {images_folder} does not exist; give one with --test_folder.")
-    ids = list(get_identifiers_from_splitted_dataset_folder(images_folder, file_ending))
-    if not ids:
-        raise ExperimentError(f"{images_folder} holds no images named CASE_XXXX{file_ending}.")
-    return list(ids)
-
-
-def test_modalities(dataset_json: Mapping, case_ids: Sequence[str], modality_map_file: Optional[str],
-                    required: bool = True) -> Dict[str, str]:
-    """Each test case's modality: --test_modality_map first, then dataset.json's case_modalities.
-
-    ``required``: every case must have one (prompted models and single-modality rows need it; Zeus's aligned
-    multi-channel cases have none, and the report then groups them as untagged)."""
-    from nnunet_mulmod.modality import lookup_case_modality
-    given = {}
-    if modality_map_file:
-        with open(modality_map_file) as f:
-            given = json.load(f)
-    result, missing = {}, []
-    for case in case_ids:
-        modality = given.get(case) or lookup_case_modality(dataset_json, case)
-        if modality is None:
-            missing.append(case)
-        else:
-            result[case] = modality
-    if missing and required:
-        raise ExperimentError(
-            f"No modality for test case(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}: the experiment "
-            f"predicts and reports per modality. Add them to dataset.json 'case_modalities' "
-            f"(nnunet_mulmod.modality.set_modalities) or pass --test_modality_map FILE ({{case_id: modality}}).")
-    return result
-
-
-def count_parameters(folder: str, fold: str, checkpoint_name: str = "checkpoint_final.pth") -> Dict[str, int]:
-    """Total and trainable parameters of a trained model, rebuilt as nnUNetv2_predict rebuilds it."""
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    checkpoint = torch.load(os.path.join(folder, f"fold_{fold}", checkpoint_name), map_location="cpu",
-                            weights_only=False)
-    plans_manager = PlansManager(load_json(os.path.join(folder, "plans.json")))
-    dataset_json = load_json(os.path.join(folder, "dataset.json"))
-    configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its trainer search
-        trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
-    network = trainer_class.build_network_architecture(
-        plans_manager, configuration_manager,
-        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
-    total = sum(p.numel() for p in network.parameters())
-    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    return {"parameters": int(total), "trainable_parameters": int(trainable)}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# running commands
-# ----------------------------------------------------------------------------------------------------------------------
-def find_command(name: str) -> str:
-    """The console script of this environment (also when its bin folder is not on PATH)."""
-    beside_python = os.path.join(os.path.dirname(sys.executable), name)
-    if os.access(beside_python, os.X_OK):
-        return beside_python
-    return shutil.which(name) or name
-
-
-def format_command(command: Sequence[str], env_changes: Mapping[str, str]) -> str:
-    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_changes.items())
-    return (prefix + " " if prefix else "") + " ".join(shlex.quote(str(c)) for c in command)
-
-
-def run_command(command: Sequence[str], env_changes: Mapping[str, str], log_file: str, show_epochs: bool = False):
-    """Runs a command with its output in log_file; prints epoch lines of nnU-Net training as progress."""
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    env = dict(os.environ, **env_changes)
-    resolved = [find_command(command[0])] + [str(c) for c in command[1:]]
-    with open(log_file, "a") as log:
-        log.write(f"\n$ {format_command(command, env_changes)}\n")
-        log.flush()
-        try:
-            process = subprocess.Popen(resolved, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-                                       bufsize=1)
-        except FileNotFoundError as e:
-            raise ExperimentError(f"{command[0]} not found ({e}): are nnunetv2 and nnunet-mulmod installed in this "
-                                  f"environment?") from e
-        try:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                if show_epochs and line.startswith("Epoch "):
-                    print(f"      {line.strip()}", flush=True)
-            returncode = process.wait()
-        except BaseException:  # Ctrl-C: stop the child too, then let the interruption through
-            process.kill()
-            process.wait()
-            raise
-    if returncode != 0:
-        with open(log_file) as f:
-            tail = "".join(f.readlines()[-25:])
-        raise ExperimentError(f"{format_command(command, env_changes)}\nfailed with exit code {returncode}. Last lines "
-                              f"of {log_file}:\n{tail}")
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # the experiment
 # ----------------------------------------------------------------------------------------------------------------------
+def run_command(command: Sequence[str], env_changes: Dict[str, str], log_file: str, on_line=None) -> None:
+    """One step of the experiment, its output appended to ``log_file`` (nnunet_mulmod.command_runner)."""
+    try:
+        run_logged(command, log_file, env_changes, on_line=on_line)
+    except CommandFailed as e:
+        raise ExperimentError(str(e)) from None
+
+
 class ExperimentRunner:
     def __init__(self, experiment: Experiment, dataset: str, configuration: str, folds: Sequence[str],
                  output_folder: Optional[str] = None, plans: str = "nnUNetPlans", device: str = "cuda",
@@ -240,8 +66,8 @@ class ExperimentRunner:
         self.metrics = tuple(metrics or experiment.metrics)
         self.qualitative = qualitative
         self.instruction_table = os.path.abspath(instruction_table) if instruction_table else None
-        raw = os.path.join(_env_folder("nnUNet_raw"), self.dataset)
-        self.preprocessed = os.path.join(_env_folder("nnUNet_preprocessed"), self.dataset)
+        raw = os.path.join(env_folder("nnUNet_raw"), self.dataset)
+        self.preprocessed = os.path.join(env_folder("nnUNet_preprocessed"), self.dataset)
         self.dataset_json_file = next((p for p in (os.path.join(raw, "dataset.json"),
                                                    os.path.join(self.preprocessed, "dataset.json"))
                                        if os.path.isfile(p)), None)
@@ -250,7 +76,7 @@ class ExperimentRunner:
         with open(self.dataset_json_file) as f:
             self.dataset_json = json.load(f)
         self.output = os.path.abspath(output_folder or os.path.join(
-            _env_folder("nnUNet_results"), self.dataset, "experiments", f"{experiment.key}__{plans}__{configuration}"))
+            env_folder("nnUNet_results"), self.dataset, "experiments", f"{experiment.key}__{plans}__{configuration}"))
         self.test_images = os.path.abspath(test_folder or os.path.join(raw, "imagesTs"))
         self.test_labels = os.path.abspath(test_labels or os.path.join(os.path.dirname(self.test_images), "labelsTs"))
         file_ending = self.dataset_json["file_ending"]
@@ -361,14 +187,10 @@ class ExperimentRunner:
     def prepare(self) -> None:
         """Trainer module, test inputs and modality map (cheap; rewritten only when they change)."""
         os.makedirs(self.output, exist_ok=True)
-        source = trainer_module_source(self.experiment.settings, self.output)
-        module = os.path.join(self.trainer_folder, TRAINER_MODULE)
-        if any(s.trainer_config for s in self.experiment.settings):
-            os.makedirs(self.trainer_folder, exist_ok=True)
-            if not os.path.isfile(module) or open(module).read() != source:
-                with open(module + ".tmp", "w", encoding="utf-8") as f:
-                    f.write(source)
-                os.replace(module + ".tmp", module)
+        configs = trainer_configs(self.experiment.settings)
+        if configs:
+            from nnunet_mulmod.training.experiment_trainers import write_trainer_folder
+            write_trainer_folder(self.trainer_folder, configs)
         inputs = os.path.join(self.output, TEST_INPUT_FOLDER)
         os.makedirs(inputs, exist_ok=True)
         with open(os.path.join(inputs, "modality_map.json"), "w") as f:
@@ -442,7 +264,7 @@ class ExperimentRunner:
         print(f"      log: {log}", flush=True)
         self.state.mark(key, "started")
         start = time.time()
-        run_command(command, self.train_env(s), log, show_epochs=True)
+        run_command(command, self.train_env(s), log, on_line=print_epoch_lines)
         if not os.path.isfile(final):
             raise ExperimentError(f"nnUNetv2_train finished without writing {final}; see {log}.")
         self.state.mark(key, "done", checkpoint=final, seconds=round(time.time() - start, 1))
@@ -525,7 +347,8 @@ class ExperimentRunner:
         return rows
 
     def report(self) -> Dict[str, str]:
-        from evaluation.report import REPORT_SETTINGS_FILE, write_report
+        from evaluation.report import write_report
+        from evaluation.tables import REPORT_SETTINGS_FILE
         self.progress(f"report -> {os.path.join(self.output, 'report')}")
         if self.dry_run:
             return {}

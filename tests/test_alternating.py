@@ -1,5 +1,6 @@
 """ALT: strict round-robin over single-modality streams, cycling, and resumable position."""
 import itertools
+import os
 
 from nnunet_mulmod.training.alternating import AlternatingModalityLoader
 
@@ -42,3 +43,41 @@ def test_finish_stops_every_stream():
     streams = [Stream(), Stream()]
     AlternatingModalityLoader(streams, [0, 1])._finish()
     assert all(s.finished for s in streams)
+
+
+def test_streams_come_from_nnunets_own_setup_per_modality(monkeypatch):
+    """per_modality_dataloaders calls the inherited get_dataloaders once per modality, with do_split restricted
+    to that modality's cases and nnU-Net's augmentation workers shared out; one validation loader is kept."""
+    from nnunet_mulmod.training.alternating import N_PROC_DA_ENV, per_modality_dataloaders
+
+    class Loader:
+        finished = False
+
+        def __init__(self, keys):
+            self.keys = keys
+
+        def _finish(self):
+            self.finished = True
+
+    class Trainer:
+        def do_split(self):
+            return ["ct_0", "ct_1", "mr_0"], ["v_0"]
+
+    trainer, calls = Trainer(), []
+
+    def get_dataloaders():  # stands in for nnUNetTrainer.get_dataloaders, which calls self.do_split()
+        tr, val = trainer.do_split()
+        calls.append((tr, val, os.environ[N_PROC_DA_ENV]))
+        return Loader(tr), Loader(val)
+
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+    monkeypatch.setenv(N_PROC_DA_ENV, "4")
+    half = str(max(1, get_allowed_n_proc_DA() // 2))  # nnU-Net caps the variable by the CPU count
+    streams, val = per_modality_dataloaders(get_dataloaders, trainer, [["ct_0", "ct_1"], ["mr_0"]], ["v_0"])
+    assert calls == [(["ct_0", "ct_1"], ["v_0"], half), (["mr_0"], ["v_0"], half)]
+    assert [s.keys for s in streams] == [["ct_0", "ct_1"], ["mr_0"]] and val.keys == ["v_0"] and not val.finished
+    assert os.environ[N_PROC_DA_ENV] == "4" and trainer.do_split()[0] == ["ct_0", "ct_1", "mr_0"]  # restored
+    monkeypatch.setenv(N_PROC_DA_ENV, "0")  # no workers stays no workers
+    calls.clear()
+    per_modality_dataloaders(get_dataloaders, trainer, [["ct_0"], ["mr_0"]], ["v_0"])
+    assert [c[2] for c in calls] == ["0", "0"]

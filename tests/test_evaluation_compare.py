@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.compare import compare_models, holm, main as compare_main
 from evaluation.evaluate_folder import EvaluationError
-from evaluation.synthetic import make_synthetic_dataset
+from synthetic import make_synthetic_dataset
 
 DATASET_JSON = {"labels": {"background": 0, "liver": 1, "spleen": 2}, "file_ending": ".nii.gz",
                 "channel_names": {"0": "x"}, "numTraining": 0}

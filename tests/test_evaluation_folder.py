@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from evaluation.evaluate_folder import EvaluationError, evaluate_folder, main as evaluate_main
-from evaluation.synthetic import make_synthetic_dataset, write_nifti
+from synthetic import make_synthetic_dataset, write_image
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
@@ -81,13 +81,13 @@ def test_missing_predictions_are_listed_or_scored_as_empty(dataset):
 
 
 def test_mismatched_geometry_names_case_and_both_shapes(dataset):
-    write_nifti(np.zeros((10, 20, 21), np.uint8), os.path.join(pred_folder(dataset), "case_002.nii.gz"), (3, .8, .8))
+    write_image(np.zeros((10, 20, 21), np.uint8), os.path.join(pred_folder(dataset), "case_002.nii.gz"), (3, .8, .8))
     # num_processes=2: the error must come out of the worker pool intact
     with pytest.raises(EvaluationError, match=r"Case case_002.*size \(x, y, z\) \(21, 20, 10\) \(prediction\) vs "
                                               r"\(20, 20, 10\)"):
         evaluate_folder(dataset["labels"], pred_folder(dataset), dataset["dataset_json"], num_processes=2,
                         progress=False)
-    write_nifti(np.zeros((10, 20, 20), np.uint8), os.path.join(pred_folder(dataset), "case_002.nii.gz"), (2, .8, .8))
+    write_image(np.zeros((10, 20, 20), np.uint8), os.path.join(pred_folder(dataset), "case_002.nii.gz"), (2, .8, .8))
     with pytest.raises(EvaluationError, match=r"Case case_002.*spacing \(x, y, z\) \(0\.8, 0\.8, 2\) "
                                               r"\(prediction\) vs \(0\.8, 0\.8, 3\)"):
         evaluate_folder(dataset["labels"], pred_folder(dataset), dataset["dataset_json"], num_processes=1,
@@ -98,7 +98,7 @@ def test_labels_outside_the_label_set_name_case_and_values(dataset):
     path = os.path.join(pred_folder(dataset), "case_003.nii.gz")
     seg = sitk.GetArrayFromImage(sitk.ReadImage(path))
     seg[0, 0, :3] = [9, 12, 9]
-    write_nifti(seg, path, (3.0, 0.8, 0.8))
+    write_image(seg, path, (3.0, 0.8, 0.8))
     with pytest.raises(EvaluationError, match=r"Case case_003: the prediction .* label values \[9, 12\]"):
         evaluate_folder(dataset["labels"], pred_folder(dataset), dataset["dataset_json"], num_processes=1,
                         progress=False)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from evaluation.evaluate_folder import evaluate_folder
-from evaluation.report import load_case_metrics, main as report_main
-from evaluation.synthetic import make_synthetic_dataset
+from evaluation.report import main as report_main
+from evaluation.tables import load_case_metrics
+from synthetic import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +116,39 @@ def test_results_of_another_dataset_in_the_same_folder_are_named(results, tmp_pa
 
 
 def test_display_orientation_flips_ras_stored_images_to_the_radiological_view():
-    from evaluation.report import _display_orientation
+    from evaluation.figures import _display_orientation
     a = np.arange(6).reshape(2, 3)
     ras = {"sitk_stuff": {"direction": (-1, 0, 0, 0, -1, 0, 0, 0, 1)}}  # a NIfTI stored RAS, as SimpleITK reads it
     lps = {"sitk_stuff": {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}}
     np.testing.assert_array_equal(_display_orientation(ras)(a), a[::-1, ::-1])
     np.testing.assert_array_equal(_display_orientation(lps)(a), a)
     np.testing.assert_array_equal(_display_orientation({})(a), a)
+
+
+def test_demo_draws_its_figures_with_the_report_figure_code(results, tmp_path):
+    """One figures module: the demo's overlay is the report's qualitative figure; one CT window."""
+    import torch
+    from evaluation.figures import (CT_SOFT_TISSUE_WINDOW, display_window, loss_curves_from_checkpoint,
+                                    plot_training_curves)
+    from nnunet_mulmod.demo.run_demo import make_overlay
+
+    with open(os.path.join(results["results"], "good", "fold_0", "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    with open(results["data"]["dataset_json"], encoding="utf-8") as f:
+        dataset_json = json.load(f)
+    overlay = make_overlay(os.path.dirname(results["data"]["dataset_json"]), summary, dataset_json,
+                           str(tmp_path / "overlay.png"))
+    height, width, _ = read_png_shape(overlay)
+    assert height > 200 and width > 3 * 200  # one row per modality; image, ground truth, prediction
+
+    assert display_window(np.zeros((4, 4)), "CT") == CT_SOFT_TISSUE_WINDOW == (-160.0, 240.0)  # W400 L40
+    low, high = display_window(np.arange(100.0).reshape(10, 10), "MR-T2")
+    assert 0 < low < high < 99  # percentiles of the slice
+    assert display_window(np.ones((4, 4)), "MR") == (1.0, 2.0)  # a flat slice still gets a range
+
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    torch.save({"logging": {"train_losses": [1.0, 0.5], "train_loss_CT": [1.1, 0.4], "mean_fg_dice": [0.1, 0.4],
+                            "epoch_end_timestamps": [1.0, 2.0]}}, checkpoint)
+    curves = loss_curves_from_checkpoint(str(checkpoint))
+    assert curves == {"train_losses": [1.0, 0.5], "train_loss_CT": [1.1, 0.4]}
+    read_png_shape(plot_training_curves(curves, str(tmp_path / "curves.png"), pseudo_dice=[0.1, 0.4]))

@@ -17,8 +17,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from synthetic import write_dataset  # noqa: E402
 
-from evaluation.experiment_settings import make_experiment, ratio_counts, ratio_split, trainer_module_source  # noqa: E402,E501
-from evaluation.experiments import STATE_FILE, find_command, main  # noqa: E402
+from evaluation.experiment_settings import make_experiment, trainer_configs  # noqa: E402
+from evaluation.experiment_state import STATE_FILE  # noqa: E402
+from evaluation.experiments import main  # noqa: E402
+from nnunet_mulmod.command_runner import find_command  # noqa: E402
+from nnunet_mulmod.training.experiment_trainers import ratio_counts, ratio_split, write_trainer_folder  # noqa: E402
 
 DATASET_ID = 871
 DATASET = "Dataset871_MulModTiny"
@@ -268,8 +271,7 @@ def test_generated_ratio_trainer_found_by_nnunet_and_splits_untouched(nnunet_env
                                  only=["ratio_2to1_alt_no_text"])
     [setting] = experiment.settings
     folder = nnunet_env / "generated"
-    folder.mkdir()
-    (folder / "nnunet_mulmod_experiment_trainers.py").write_text(trainer_module_source(experiment.settings, "test"))
+    write_trainer_folder(str(folder), trainer_configs(experiment.settings))
     monkeypatch.setenv("nnUNet_extTrainer", str(folder))
     trainer_class = recursive_find_trainer_class_by_name(setting.trainer)
     pre = nnunet_env / "pre" / DATASET
@@ -283,3 +285,26 @@ def test_generated_ratio_trainer_found_by_nnunet_and_splits_untouched(nnunet_env
     assert sorted(k for k in tr_keys if k.startswith("ct")) == ["ct_tr_000", "ct_tr_001"]
     assert len([k for k in tr_keys if k.startswith("mr")]) == 1 and set(tr_keys) <= set(SPLIT[0]["train"])
     assert split_file.read_bytes() == split_before
+
+
+def test_experiment_trainers_are_made_from_the_folder_s_json(tmp_path):
+    """The trainer folder holds data and a fixed module; its classes come from the schedule factory."""
+    import importlib.util
+
+    from nnunet_mulmod.training import experiment_trainers as et
+
+    configs = {"nnUNetTrainer_5epochs_noval_abc123": {"base": "nnUNetTrainer", "num_epochs": 5,
+                                                      "num_iterations_per_epoch": 4,
+                                                      "num_val_iterations_per_epoch": 4,
+                                                      "skip_final_validation": True}}
+    et.write_trainer_folder(str(tmp_path), configs)
+    assert (tmp_path / et.FOLDER_MODULE).read_text() == et.FOLDER_MODULE_SOURCE  # no generated source
+    spec = importlib.util.spec_from_file_location("nnunet_mulmod_experiment_trainers_test",
+                                                  tmp_path / et.FOLDER_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls = module.nnUNetTrainer_5epochs_noval_abc123
+    assert cls.__name__ == "nnUNetTrainer_5epochs_noval_abc123" and cls.__module__ == module.__name__
+    assert cls.__mro__[1].__name__ == "nnUNetTrainer" and json.loads(cls.experiment_config) == configs[cls.__name__]
+    assert cls.perform_actual_validation is et._skip_final_validation and "do_split" not in vars(cls)
+    assert not hasattr(module, "nnUNetTrainer_unknown")

@@ -24,33 +24,11 @@ from nnunet_mulmod.text.table import TextEmbeddingTable  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
-# Test-only schedules, found by nnU-Net through nnUNet_extTrainer like any user's own trainer.
-TEST_TRAINERS = '''
-import os
-import torch
-from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg, nnUNetTrainerALT
 
-
-def _tiny(trainer):
-    trainer.num_epochs = int(os.environ.get("MULMOD_TEST_EPOCHS", "1"))
-    trainer.num_iterations_per_epoch = 3
-    trainer.num_val_iterations_per_epoch = 1
-    trainer.modality_classifier_min_evidence = 2  # so that 3 steps fit the classifier behind automatic detection
-
-
-class nnUNetTrainerMulModSeg_test(nnUNetTrainerMulModSeg):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        _tiny(self)
-
-
-class nnUNetTrainerALT_test(nnUNetTrainerALT):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        _tiny(self)
-'''
+def tiny(trainer: str, epochs: int = 1) -> str:
+    """The trainer on a tiny schedule, made by the package's schedule factory (nnunet_mulmod/training/schedules.py)
+    and found by nnU-Net's -tr search like every trainer of the package: epochs x 3 iterations, 1 validation one."""
+    return f"{trainer}_{epochs}epochs_3it_1val"
 
 
 def minilm_path():
@@ -71,11 +49,10 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("mulmod_e2e")
     ext = root / "ext"
     ext.mkdir()
-    (ext / "mulmod_test_trainers.py").write_text(TEST_TRAINERS)
     env = dict(os.environ)
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"), nnUNet_results=str(root / "res"),
                nnUNet_def_n_proc="1", nnUNet_compile="f", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    # the package's own trainer folder is appended at interpreter start-up
+    # a user's own trainer folder (empty here): the package's trainer folder is appended at interpreter start-up
     env["nnUNet_extTrainer"] = str(ext)
     env.pop("nnUNet_n_proc_DA", None)
     return root, env
@@ -86,8 +63,8 @@ def preprocess(env, dataset_id):
          "--verify_dataset_integrity"], env)
 
 
-def train_env(env, epochs):
-    return dict(env, nnUNet_n_proc_DA="0", MULMOD_TEST_EPOCHS=str(epochs))
+def train_env(env):
+    return dict(env, nnUNet_n_proc_DA="0")
 
 
 def test_train_resume_predict_synthetic(workspace):
@@ -100,8 +77,8 @@ def test_train_resume_predict_synthetic(workspace):
     table = TextEmbeddingTable.load(str(table_path))
     assert table.modalities == ["CT", "MR"] and table.embed_dim == 384
 
-    trainer = "nnUNetTrainerMulModSeg_test"
-    _, log1 = run(["nnUNetv2_train", "777", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], train_env(env, 1))
+    trainer = tiny("nnUNetTrainerMulModSeg", 1)
+    _, log1 = run(["nnUNetv2_train", "777", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], train_env(env))
     results = root / "res" / "Dataset777_MulModTiny" / f"{trainer}__nnUNetPlans__3d_fullres"
     fold = results / "fold_0"
     assert "ALT training cases per modality: CT: " in log1
@@ -114,8 +91,12 @@ def test_train_resume_predict_synthetic(workspace):
     # resume: a different table in nnUNet_preprocessed must not replace the run's own table
     TextEmbeddingTable(torch.randn_like(table.embeddings), table.modalities, table.class_names, table.prompts,
                        "V3", table.template_text, {"type": "random"}).save(str(table_path))
+    # continued for one more epoch: the run's folder becomes that of the 2-epoch schedule, which --c continues
+    trainer = tiny("nnUNetTrainerMulModSeg", 2)
+    results = results.rename(results.parent / f"{trainer}__nnUNetPlans__3d_fullres")
+    fold = results / "fold_0"
     _, log2 = run(["nnUNetv2_train", "777", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "--c"],
-                  train_env(env, 2))
+                  train_env(env))
     assert "ALT position 3: this epoch starts with MR" in log2  # 1 epoch x 3 iterations: CT, MR, CT -> MR next
     assert "Epoch 0\n" not in log2 and "Epoch 1" in log2
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -170,22 +151,22 @@ def test_training_refuses_mismatched_table_and_single_modality(workspace):
     write_dataset(str(root / "raw"), 778, name="MulModMono", n_train={"CT": 5}, n_test={"CT": 1})
     preprocess(env, 778)
     pre = root / "pre" / "Dataset778_MulModMono"
-    rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerMulModSeg_test", "-device",
-                   "cpu"], train_env(env, 1), expect_ok=False)
+    rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", tiny("nnUNetTrainerMulModSeg"), "-device",
+                   "cpu"], train_env(env), expect_ok=False)
     assert rc != 0 and "does not exist. Build it with 'nnunet_mulmod_build_text_table" in log
     wrong = TextEmbeddingTable(torch.zeros(2, 3, 4), ["CT", "MR"], ["background", "liver", "spleen"],
                                [["a"] * 3] * 2, "V3", "", {"type": "test"})
     wrong.save(str(pre / "mulmod_text_table.pt"))
-    rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerMulModSeg_test", "-device",
-                   "cpu"], train_env(env, 1), expect_ok=False)
+    rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", tiny("nnUNetTrainerMulModSeg"), "-device",
+                   "cpu"], train_env(env), expect_ok=False)
     last_line = log.strip().splitlines()[-1]  # nnU-Net prints the traceback; our message must be its last line
     assert rc != 0 and "does not match dataset" in last_line and str(pre / "mulmod_text_table.pt") in last_line
     assert "modalities ['MR'] that the dataset does not have" in last_line
     assert "no classes ['kidney_right']" in last_line and "nnunet_mulmod_build_text_table -d 778" in last_line
     results = root / "res" / "Dataset778_MulModMono"
     assert not results.exists() or not any(results.rglob("fold_0"))  # no results folder, no empty log
-    rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", "nnUNetTrainerALT_test", "-device", "cpu"],
-                  train_env(env, 1), expect_ok=False)
+    rc, log = run(["nnUNetv2_train", "778", "3d_fullres", "0", "-tr", tiny("nnUNetTrainerALT"), "-device", "cpu"],
+                  train_env(env), expect_ok=False)
     last_line = log.strip().splitlines()[-1]
     assert rc != 0 and "alternates between modalities (ALT), but every training case of Dataset778_MulModMono " \
                        "fold 0 is CT" in last_line and "Train a single-modality dataset with nnUNetTrainer" in last_line
@@ -236,14 +217,14 @@ def test_real_ct_and_mr_through_train_and_predict(workspace):
     preprocess(env, 779)
     run(["nnunet_mulmod_build_text_table", "-d", "779", "--encoder", "hf", "--model", minilm_path()], env)
     # with nnU-Net's augmentation worker processes (one per modality stream)
-    _, log = run(["nnUNetv2_train", "779", "3d_fullres", "all", "-tr", "nnUNetTrainerMulModSeg_test", "-device",
-                  "cpu"], dict(train_env(env, 1), nnUNet_n_proc_DA="2"))
+    _, log = run(["nnUNetv2_train", "779", "3d_fullres", "all", "-tr", tiny("nnUNetTrainerMulModSeg"), "-device",
+                  "cpu"], dict(train_env(env), nnUNet_n_proc_DA="2"))
     assert "ALT training cases per modality: CT: 3, MR: 3" in log
     test_in = root / "real_test"
     test_in.mkdir()
     shutil.copy(os.path.join(src, "example_mr_sm.nii.gz"), test_in / "mr_full_0000.nii.gz")
     _, log = run(["nnunet_mulmod_predict", "-i", str(test_in), "-o", str(root / "real_preds"), "-d", "779",
-                  "-tr", "nnUNetTrainerMulModSeg_test", "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1",
+                  "-tr", tiny("nnUNetTrainerMulModSeg"), "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1",
                   "--disable_tta", "--modality", "MR"], env)
     assert "mr_full: modality MR (given by the user)" in log
     pred = sitk.ReadImage(str(root / "real_preds" / "mr_full.nii.gz"))

@@ -150,15 +150,15 @@ def test_writer_refuses_to_overwrite_unless_asked(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 def test_failing_step_reports_command_and_log(tmp_path):
     import sys
-    from nnunet_mulmod.demo.run_demo import StepFailed, run_logged
+    from nnunet_mulmod.demo.run_demo import StepFailed, run_step
     log = str(tmp_path / "logs" / "step.log")
     with pytest.raises(StepFailed) as info:
-        run_logged("broken", [sys.executable, "-c", "print('working'); raise SystemExit('boom in step')"], log,
+        run_step("broken", [sys.executable, "-c", "print('working'); raise SystemExit('boom in step')"], log,
                    dict(os.environ))
     assert info.value.returncode == 1 and info.value.log_file == log
     assert "boom in step" in info.value.tail and "working" in open(log).read()
     with pytest.raises(StepFailed) as info:
-        run_logged("missing", ["no_such_command_nnunet_mulmod"], log, dict(os.environ))
+        run_step("missing", ["no_such_command_nnunet_mulmod"], log, dict(os.environ))
     assert info.value.returncode == 127
 
 

@@ -279,3 +279,25 @@ def test_cli_raw_fallback_open_clip_checkpoint_and_errors(tiny_clip, tmp_path):
     assert result.returncode == 1
     assert "--pretrained /path/to/open_clip_pytorch_model.bin" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "t.pt").exists()
+
+
+def test_one_spec_parser_for_every_command_line():
+    from nnunet_mulmod.text.encoders import TextEncoderError, parse_encoder_spec, resolve_spec
+    assert parse_encoder_spec("open_clip:ViT-B-16:laion2b") == {"type": "open_clip", "model": "ViT-B-16",
+                                                                "pretrained": "laion2b"}
+    assert parse_encoder_spec("open_clip:") == {"type": "open_clip", "model": "ViT-B-32"}
+    assert parse_encoder_spec("hf:dmis-lab/biobert-v1.1") == {"type": "hf", "model": "dmis-lab/biobert-v1.1"}
+    assert parse_encoder_spec("medclip:/models/medclip") == {"type": "medclip", "path": "/models/medclip"}
+    assert parse_encoder_spec("/models/clip.bin") == {"type": "open_clip", "model": "ViT-B-32-quickgelu",
+                                                      "pretrained": "/models/clip.bin"}
+    assert parse_encoder_spec("/models/minilm") == {"type": "hf", "model": "/models/minilm"}
+    assert parse_encoder_spec('{"type": "hf", "model": "m", "normalize": false}')["normalize"] is False
+    for bad in ("hf:", "medclip:", "{not json", ""):
+        with pytest.raises(TextEncoderError):
+            parse_encoder_spec(bad)
+    # one set of defaults: open_clip and hf normalise, MedCLIP keeps its raw projection (Zeus tables)
+    assert resolve_spec({"type": "open_clip"}) == {"type": "open_clip", "model": "ViT-B-32", "pretrained": "openai",
+                                                   "normalize": True}
+    assert resolve_spec({"type": "medclip", "path": "/m"}) == {"type": "medclip", "path": "/m", "normalize": False}
+    with pytest.raises(TextEncoderError, match="needs 'path'"):
+        resolve_spec({"type": "medclip"})

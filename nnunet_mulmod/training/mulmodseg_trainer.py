@@ -18,25 +18,21 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 from torch import distributed as dist
 from torch import nn
 from torch._dynamo import OptimizedModule
 
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 from nnunet_mulmod.text.table import TextEmbeddingTable, TextTableError, default_table_path, one_hot_table
-from nnunet_mulmod.training.alternating import AlternatingModalityLoader
+from nnunet_mulmod.training.alternating import AlternatingModalityLoader, per_modality_dataloaders
 from nnunet_mulmod.training.modality_classifier import ModalityClassifierFitter
 
 # Key under which the trainer records the head's shape in the plans. nnU-Net saves the plans into the
@@ -134,9 +130,6 @@ class nnUNetTrainerALT(nnUNetTrainer):
         self.training_modality_indices = sorted({self.modality_to_index[self.case_modalities[k]] for k in tr_keys})
         if not self.alternate_modalities:
             return super().get_dataloaders()
-        if self.dataset_class is None:
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-
         keys_by_modality = {m: [k for k in tr_keys if self.case_modalities[k] == m] for m in self.modalities}
         present = [m for m in self.modalities if keys_by_modality[m]]
         absent = [m for m in self.modalities if not keys_by_modality[m]]
@@ -151,45 +144,10 @@ class nnUNetTrainerALT(nnUNetTrainer):
         self.print_to_log_file("ALT training cases per modality: " +
                                ", ".join(f"{m}: {len(keys_by_modality[m])}" for m in present))
 
-        patch_size = self.configuration_manager.patch_size
-        deep_supervision_scales = self._get_deep_supervision_scales()
-        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        label_kwargs = dict(is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
-                            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
-                            ignore_label=self.label_manager.ignore_label)
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, **label_kwargs)
-        val_transforms = self.get_validation_transforms(deep_supervision_scales, **label_kwargs)
-
-        def loader(keys, sample_size, transforms):
-            dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
-                                         folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-            return nnUNetDataLoader(dataset, self.batch_size, sample_size, patch_size, self.label_manager,
-                                    oversample_foreground_percent=self.oversample_foreground_percent,
-                                    sampling_probabilities=None, pad_sides=None, transforms=transforms,
-                                    probabilistic_oversampling=self.probabilistic_oversampling)
-
-        n_proc = get_allowed_n_proc_DA()
-        pin = self.device.type == "cuda"
-
-        def augmenter(data_loader, processes, cached):
-            if n_proc == 0:
-                return SingleThreadedAugmenter(data_loader, None)
-            return NonDetMultiThreadedAugmenter(data_loader=data_loader, transform=None, num_processes=processes,
-                                                num_cached=cached, seeds=None, pin_memory=pin, wait_time=0.002)
-
-        # nnU-Net's workers are shared out over the modality streams
-        per_stream = max(1, n_proc // len(present))
-        streams = [augmenter(loader(keys_by_modality[m], initial_patch_size, tr_transforms), per_stream,
-                             max(3, per_stream)) for m in present]
-        val = augmenter(loader(val_keys, patch_size, val_transforms), max(1, n_proc // 2), max(3, n_proc // 4))
-        train = AlternatingModalityLoader(streams, [self.modality_to_index[m] for m in present])
-        for _ in present:  # start every stream's workers, as nnU-Net does for its loaders
-            next(train)
-        next(val)
-        return train, val
+        # nnU-Net's own data-loader setup, once per modality (training/alternating.py)
+        streams, val = per_modality_dataloaders(super().get_dataloaders, self,
+                                                [keys_by_modality[m] for m in present], val_keys)
+        return AlternatingModalityLoader(streams, [self.modality_to_index[m] for m in present]), val
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -337,8 +295,13 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         self.modality_fitter = self._modality_fitter(self.training_modality_indices)
 
     def _modality_fitter(self, modalities) -> ModalityClassifierFitter:
+        # a schedule too short to collect the full evidence (ALT gives each modality an equal share of the
+        # steps, one patch per sample) fits on half of what it will see, so every schedule ends fitted
+        modalities = list(modalities)
+        evidence_per_modality = self.num_epochs * self.num_iterations_per_epoch * self.batch_size // len(modalities)
+        min_evidence = max(1, min(self.modality_classifier_min_evidence, evidence_per_modality // 2))
         return ModalityClassifierFitter(self.mulmod_network().modality_classifier, modalities,
-                                        min_per_modality=self.modality_classifier_min_evidence)
+                                        min_per_modality=min_evidence)
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)

@@ -19,7 +19,7 @@ save ``checkpoint_latest.pth`` every tenth of the run (nnU-Net: every 50 epochs)
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -58,12 +58,25 @@ def schedulable_trainers() -> Dict[str, type]:
     return {"nnUNetTrainer": nnUNetTrainer, **registered_trainers()}
 
 
-def with_schedule(base: type, epochs: int, iterations: Optional[int] = None,
-                  val_iterations: Optional[int] = None) -> type:
-    """``base`` with ``epochs`` x ``iterations`` training and ``val_iterations`` validation iterations per epoch."""
-    if epochs < 1 or (iterations is not None and iterations < 1) or (val_iterations is not None and val_iterations < 1):
+def with_schedule(base: type, epochs: Optional[int], iterations: Optional[int] = None,
+                  val_iterations: Optional[int] = None, *, name: Optional[str] = None, module: Optional[str] = None,
+                  namespace: Optional[Mapping[str, object]] = None) -> type:
+    """``base`` with ``epochs`` x ``iterations`` training and ``val_iterations`` validation iterations per epoch.
+
+    The one way this package makes "trainer X with another schedule". By default the class is named
+    :func:`schedule_name` and lives in this module (its ``__getattr__`` makes it again from the name). A trainer
+    with a name of its own (``nnUNetTrainerZeus_debug``, ``nnUNetTrainerMulModSeg_demo``, an experiment's
+    trainers) gives ``name`` and the ``module`` that holds it under that name, so that pickle and nnU-Net's
+    trainer search find it there. ``epochs`` None keeps the base's epochs (with a ``name``: an experiment's trainer
+    that changes only its split). ``namespace``: further class attributes (method overrides).
+    """
+    if (epochs is not None and epochs < 1) or (iterations is not None and iterations < 1) or \
+            (val_iterations is not None and val_iterations < 1):
         raise ValueError(f"schedule of {base.__name__}: epochs, iterations and validation iterations must be >= 1")
-    name = schedule_name(base.__name__, epochs, iterations, val_iterations)
+    if name is None:
+        if epochs is None:
+            raise ValueError(f"schedule of {base.__name__}: a class without a name of its own needs epochs")
+        name = schedule_name(base.__name__, epochs, iterations, val_iterations)
     if name in _made:
         return _made[name]
     if val_iterations is None and iterations is not None:
@@ -72,17 +85,21 @@ def with_schedule(base: type, epochs: int, iterations: Optional[int] = None,
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         base.__init__(self, plans, configuration, fold, dataset_json, device)
-        self.num_epochs = epochs
+        if epochs is not None:
+            self.num_epochs = epochs
+            # nnU-Net writes checkpoint_latest every 50 epochs: a short schedule would never write one to resume from
+            self.save_every = max(1, min(self.save_every, epochs // 10))
         if iterations is not None:
             self.num_iterations_per_epoch = iterations
         if val_iterations is not None:
             self.num_val_iterations_per_epoch = val_iterations
-        # nnU-Net writes checkpoint_latest every 50 epochs: a short schedule would never write one to resume from
-        self.save_every = max(1, min(self.save_every, epochs // 10))
 
-    cls = type(name, (base,), {"__init__": __init__, "__module__": __name__, "__qualname__": name,
-                               "__doc__": f"{base.__name__}, {epochs} epochs"
-                                          + (f" x {iterations} iterations" if iterations else "")})
+    doc = f"{base.__name__}, " + (f"{epochs} epochs" if epochs is not None else "its own epochs") + \
+        (f" x {iterations} iterations" if iterations else "") + \
+        (f", {val_iterations} validation iterations" if val_iterations else "")
+    attributes = {"__init__": __init__, "__module__": module or __name__, "__qualname__": name, "__doc__": doc,
+                  **(namespace or {})}
+    cls = type(name, (base,), attributes)
     _made[name] = cls
     return cls
 

@@ -25,6 +25,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
 from nnunet_mulmod.modality import class_names as dataset_class_names, get_channel_modalities
+from nnunet_mulmod.training.schedules import with_schedule
 from nnunet_mulmod.zeus.instruction_table import default_table_path, load_table, table_rows
 from nnunet_mulmod.zeus.modeling.image_encoders import detect_sam_variant, load_sam_image_encoder_weights
 from nnunet_mulmod.zeus.network import ZEUS_PLANS_KEY, build_zeus_network, make_spec
@@ -112,25 +113,8 @@ class nnUNetTrainerZeusHybrid(nnUNetTrainerZeus):
                                   "hybrid")
 
 
-def _debug_schedule(trainer) -> None:
-    trainer.num_epochs = 1
-    trainer.num_iterations_per_epoch = 2
-    trainer.num_val_iterations_per_epoch = 1
-
-
-class nnUNetTrainerZeus_debug(nnUNetTrainerZeus):
-    """A few iterations only: for smoke tests and the end-to-end test (like nnU-Net's nnUNetTrainer_1epoch)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        _debug_schedule(self)
-
-
-class nnUNetTrainerZeusHybrid_debug(nnUNetTrainerZeusHybrid):
-    """A few iterations only (see nnUNetTrainerZeus_debug)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        _debug_schedule(self)
+# For smoke tests and the end-to-end test (like nnU-Net's nnUNetTrainer_1epoch): the same classes as
+# nnUNetTrainerZeus_1epochs_2it_1val / nnUNetTrainerZeusHybrid_1epochs_2it_1val, under the names docs/zeus.md gives.
+nnUNetTrainerZeus_debug = with_schedule(nnUNetTrainerZeus, 1, 2, 1, name="nnUNetTrainerZeus_debug", module=__name__)
+nnUNetTrainerZeusHybrid_debug = with_schedule(nnUNetTrainerZeusHybrid, 1, 2, 1, name="nnUNetTrainerZeusHybrid_debug",
+                                              module=__name__)
