@@ -56,6 +56,7 @@ def predictor():
     network = nnUNetTrainerMulModSeg.build_network_architecture(plans_manager, configuration, 1, 2, False)
     with torch.no_grad():
         network.text_embeddings.normal_()
+        network.modality_classifier.fitted.fill_(1)  # as after training (automatic detection refuses otherwise)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, perform_everything_on_device=False,
                                 device=torch.device("cpu"), allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration, [copy.deepcopy(network.state_dict())],

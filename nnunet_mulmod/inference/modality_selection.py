@@ -117,6 +117,8 @@ def _predict_case_with_its_modality(predictor: nnUNetPredictor, network: MulModS
         network.modalities, predictor.dataset_json)
     name, source = resolver.resolve(case_id)
     label = case_id or "image (no case name given)"
+    if name is None:
+        network.require_fitted_classifier()  # here, not in the (possibly compiled) forward
     network.selected_modality = None if name is None else network.modality_index(name)
     network.auto_votes = [0] * len(network.modalities) if name is None else None
     if name is not None:

@@ -82,8 +82,19 @@ class MulModSegController(nn.Module):
         self.controller.bias.zero_()
 
     def forward(self, pooled: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """pooled [B, C], text [B, K, D] -> params [B, K, 153]."""
+        """pooled [B, C], text [B, K, D] -> params [B, K, 153] (float32, also under autocast).
+
+        Always in float32: under nnU-Net's fp16 autocast the unnormalised (version 1) layout multiplies pooled
+        features of any magnitude into generated weights, which overflow fp16's 65504 long before they overflow
+        the head's activations; and the whole controller is a few [B*K, 512] products, so fp32 costs nothing.
+        The head then runs in the features' dtype (fp16/bf16 under autocast, like nnU-Net's own convs).
+        """
         b, k, _ = text.shape
+        dtype = self.controller.weight.dtype  # float32 as nnU-Net builds it (float64 in precision tests)
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self._forward_fp32(pooled.to(dtype), text.to(dtype), b, k)
+
+    def _forward_fp32(self, pooled: torch.Tensor, text: torch.Tensor, b: int, k: int) -> torch.Tensor:
         image = self.image_proj(pooled)
         text = F.relu(self.text_proj(text))
         if self.normalized:  # each branch to unit RMS, the concatenation to unit norm

@@ -21,7 +21,6 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 from torch import distributed as dist
 from torch import nn
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -34,21 +33,13 @@ from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 from nnunet_mulmod.text.table import TextEmbeddingTable, TextTableError, default_table_path, one_hot_table
 from nnunet_mulmod.training.alternating import AlternatingModalityLoader, per_modality_dataloaders
 from nnunet_mulmod.training.modality_classifier import ModalityClassifierFitter
+from nnunet_mulmod.training.unwrap import unwrap_network  # noqa: F401 (also imported from here by other modules)
 
 # Key under which the trainer records the head's shape in the plans. nnU-Net saves the plans into the
 # results folder (plans.json) and the predictor rebuilds the network from them with the static
 # build_network_architecture, which sees nothing else: this is how prediction knows the table's shape.
 PLANS_KEY = "mulmodseg"
 TABLE_COPY_FILENAME = "mulmod_text_table.pt"
-
-
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The module itself, without DDP / torch.compile wrappers."""
-    if isinstance(network, nn.parallel.DistributedDataParallel):
-        network = network.module
-    if isinstance(network, OptimizedModule):
-        network = network._orig_mod
-    return network
 
 
 def preprocessed_fold_cases(plans: dict, configuration: str, fold) -> Tuple[List[str], List[str]]:

@@ -30,6 +30,7 @@ from torch import nn
 
 from nnunet_mulmod.zeus.modeling import InstructionMaskDecoder, SamViTFeatureEncoder, UNetFeatureEncoder
 from nnunet_mulmod.zeus.modeling.image_encoders import SAM_EMBED_DIM
+from nnunet_mulmod.zeus.modeling.layer_norm import use_fp32_layer_norms
 
 ZEUS_PLANS_KEY = "zeus"
 FUSIONS = ("late", "hybrid")
@@ -58,6 +59,7 @@ class ZeusNetwork(nn.Module):
         n_channels = len(self.channel_modality_index)
         self.feature_fusion = (nn.Sequential(nn.Conv2d(n_channels * dim, dim, 1, bias=False), LayerNorm2d(dim))
                                if fusion == "hybrid" else None)
+        use_fp32_layer_norms(self)  # SAM's LayerNorm2d overflows under nnU-Net's fp16 autocast (see layer_norm.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -22,10 +22,10 @@ import os
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch._dynamo import OptimizedModule
 
 from nnunet_mulmod.modality import class_names as dataset_class_names, get_channel_modalities
 from nnunet_mulmod.training.schedules import with_schedule
+from nnunet_mulmod.training.unwrap import unwrap_network
 from nnunet_mulmod.zeus.instruction_table import default_table_path, load_table, table_rows
 from nnunet_mulmod.zeus.modeling.image_encoders import detect_sam_variant, load_sam_image_encoder_weights
 from nnunet_mulmod.zeus.network import ZEUS_PLANS_KEY, build_zeus_network, make_spec
@@ -84,8 +84,7 @@ class nnUNetTrainerZeus(nnUNetTrainer):
                                f"{channel_modalities}, classes {classes}, encoder {table.get('encoder')}")
 
     def _unwrapped_network(self):
-        network = self.network.module if self.is_ddp else self.network
-        return network._orig_mod if isinstance(network, OptimizedModule) else network
+        return unwrap_network(self.network)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
