@@ -38,8 +38,11 @@ def supported_backbones_text() -> str:
 
 
 def wrap_backbone(network: nn.Module, modalities: Sequence[str], num_classes: int, embed_dim: int,
-                  controller_hidden: int = 256, normalized_controller: bool = True) -> MulModSegNet:
-    """nnU-Net's network -> the MulModSeg network around it (MulModSegNet or PrimusMulModSegNet)."""
+                  controller_hidden: int = 256, normalized_controller: bool = True, context: str = "") -> MulModSegNet:
+    """nnU-Net's network -> the MulModSeg network around it (MulModSegNet or PrimusMulModSegNet).
+
+    ``context`` (e.g. which plans asked for the network) goes into the error message.
+    """
     from dynamic_network_architectures.architectures.primus import Primus
     from nnunet_mulmod.modeling.primus_net import PrimusMulModSegNet
 
@@ -50,7 +53,7 @@ def wrap_backbone(network: nn.Module, modalities: Sequence[str], num_classes: in
     else:
         cls = type(network)
         raise UnsupportedBackboneError(
-            f"MulModSeg cannot wrap the network class {cls.__module__}.{cls.__qualname__}: it is neither an "
+            f"MulModSeg cannot wrap the network class {cls.__module__}.{cls.__qualname__}{context}: it is neither an "
             f"encoder-decoder U-Net (with .encoder, .decoder and .decoder.seg_layers) nor Primus. Supported: "
             f"{supported_backbones_text()}.")
     return wrapper(network, modalities, num_classes, embed_dim, controller_hidden,

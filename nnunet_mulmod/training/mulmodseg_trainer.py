@@ -271,7 +271,9 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
                                       enable_deep_supervision)
         # plans written before controller_version existed describe the authors' layout (version 1)
         return wrap_backbone(backbone, spec["modalities"], num_output_channels, spec["embed_dim"],
-                             spec["controller_hidden"], normalized_controller=spec.get("controller_version", 1) >= 2)
+                             spec["controller_hidden"], normalized_controller=spec.get("controller_version", 1) >= 2,
+                             context=f" (plans {plans_manager.plans_name!r}, whose network_class_name is "
+                                     f"{configuration_manager.network_arch_class_name!r})")
 
     def mulmod_network(self) -> MulModSegNet:
         return unwrap_network(self.network)
