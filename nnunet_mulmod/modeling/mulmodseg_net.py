@@ -8,6 +8,10 @@ text-conditioned dynamic head turns each into K class logits. Output format and 
 exactly those of nnU-Net (a tensor, or a list from full to lowest resolution), so nnU-Net's Dice+CE
 loss, DeepSupervisionWrapper, sliding-window predictor and export work as they are.
 
+Other backbone families subclass this class and override its three backbone hooks (``adopt_backbone``,
+``encode``, ``decode``); the head and the modality selection below are shared. Primus: modeling/primus_net.py;
+which network gets which wrapper: modeling/backbones.py.
+
 Which modality's prompts are used, per forward (first that applies):
 1. the ``modality`` argument: int or LongTensor [B] of indices into ``modalities``;
 2. ``using_modality(...)``: a context manager (used by the trainers around nnU-Net's own steps);
@@ -39,7 +43,7 @@ Shapes: x [B, C_in, *S]; logits [B, K, *S] (a list of them with deep supervision
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -74,21 +78,10 @@ class MulModSegNet(nn.Module):
     def __init__(self, unet: nn.Module, modalities: Sequence[str], num_classes: int, embed_dim: int,
                  controller_hidden: int = 256, normalized_controller: bool = True):
         super().__init__()
-        if not (hasattr(unet, "encoder") and hasattr(unet, "decoder") and hasattr(unet.decoder, "seg_layers")):
-            raise TypeError(
-                f"MulModSeg wraps encoder-decoder U-Nets from dynamic_network_architectures (PlainConvUNet, "
-                f"ResidualEncoderUNet ...) with .encoder, .decoder and .decoder.seg_layers; got "
-                f"{type(unet).__name__}. Use plans whose architecture is one of those.")
-        self.encoder = unet.encoder
-        self.decoder = unet.decoder
-        conv_op = self.encoder.conv_op
-        self.decoder.seg_layers = nn.ModuleList(
-            conv_op(layer.in_channels, HEAD_CHANNELS, 1, 1, 0, bias=True) for layer in self.decoder.seg_layers)
-        self.decoder.num_classes = HEAD_CHANNELS
+        bottleneck_channels, stage_channels = self.adopt_backbone(unet)
 
         self.modalities: List[str] = list(modalities)
         self.num_classes = num_classes
-        bottleneck_channels = self.encoder.output_channels[-1]
         self.register_buffer("text_embeddings", torch.zeros(len(self.modalities), num_classes, embed_dim))
         self.controller = MulModSegController(bottleneck_channels, embed_dim, controller_hidden,
                                               normalized=normalized_controller)
@@ -96,7 +89,7 @@ class MulModSegNet(nn.Module):
         # do not require grad, so nnU-Net's optimizer and DDP leave them alone): the trainer fits it on a balanced
         # memory of detached stage statistics of every modality (nnunet_mulmod/training/modality_classifier.py),
         # so it learns the images' modality, not the modality of the last single-modality ALT batch.
-        self.modality_classifier = ModalityClassifier(2 * sum(self.encoder.output_channels), len(self.modalities))
+        self.modality_classifier = ModalityClassifier(2 * sum(stage_channels), len(self.modalities))
         # Set by the trainer (the fitter and the validation accuracy read last_modality_features); kept for the
         # trainer's interface: the features are computed in every forward anyway (see the module docstring).
         self.record_modality_features = False
@@ -112,6 +105,36 @@ class MulModSegNet(nn.Module):
         self.last_modality_logits: Optional[torch.Tensor] = None
         self.last_modality_indices: Optional[torch.Tensor] = None
         self.last_modality_auto: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ the backbone (subclasses: other families)
+    def adopt_backbone(self, unet: nn.Module) -> Tuple[int, List[int]]:
+        """Takes over nnU-Net's network, its segmentation layers now emitting 8 channels; returns (C_bottleneck,
+        the channels of every map ``modality_stages`` gives the modality classifier)."""
+        if not (hasattr(unet, "encoder") and hasattr(unet, "decoder") and hasattr(unet.decoder, "seg_layers")):
+            raise TypeError(
+                f"MulModSeg wraps encoder-decoder U-Nets from dynamic_network_architectures (PlainConvUNet, "
+                f"ResidualEncoderUNet ...) with .encoder, .decoder and .decoder.seg_layers; got "
+                f"{type(unet).__name__}. Use plans whose architecture is one of those.")
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        conv_op = self.encoder.conv_op
+        self.decoder.seg_layers = nn.ModuleList(
+            conv_op(layer.in_channels, HEAD_CHANNELS, 1, 1, 0, bias=True) for layer in self.decoder.seg_layers)
+        self.decoder.num_classes = HEAD_CHANNELS
+        return self.encoder.output_channels[-1], list(self.encoder.output_channels)
+
+    def encode(self, x: torch.Tensor):
+        """x [B, C_in, *S] -> (pooled [B, C_bottleneck], skips: the encoder's stage outputs, bottleneck last)."""
+        skips = self.encoder(x)
+        return skips[-1].flatten(2).mean(2), skips
+
+    def modality_stages(self, skips) -> List[torch.Tensor]:
+        """skips -> the maps whose texture statistics the modality classifier reads: every encoder stage."""
+        return list(skips)
+
+    def decode(self, skips):
+        """skips -> features [B, 8, *S], or a list of them (deep supervision, full resolution first)."""
+        return self.decoder(skips)
 
     # ------------------------------------------------------------------ modality selection
     def modality_index(self, name: str) -> int:
@@ -199,9 +222,8 @@ class MulModSegNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, modality: ModalitySelection = None):
         """x [B, C_in, *S] -> logits [B, K, *S], or a list of them (deep supervision, full res first)."""
-        skips = self.encoder(x)
-        pooled = skips[-1].flatten(2).mean(2)
-        modality_features = stage_statistics(skips)
+        pooled, skips = self.encode(x)
+        modality_features = stage_statistics(self.modality_stages(skips))
         modality_logits = self.modality_classifier(modality_features)
         indices, auto = self._resolve_modality(modality, x.shape[0], modality_logits)
         if not torch.compiler.is_compiling() and not bool(self.modality_classifier.fitted) and bool(auto.any()):
@@ -214,7 +236,7 @@ class MulModSegNet(nn.Module):
         self.last_modality_auto = auto
 
         params = self.controller(pooled, self.text_embeddings[indices])
-        features = self.decoder(skips)
+        features = self.decode(skips)
         if isinstance(features, (list, tuple)):
             return [dynamic_head(f, params) for f in features]
         return dynamic_head(features, params)

@@ -8,7 +8,7 @@ nnU-Net's worker processes) stay those of the installed package. Trainers with a
 import importlib
 from typing import Dict
 
-TRAINER_MODULES = ("mulmodseg_trainers", "zeus_trainers")
+TRAINER_MODULES = ("mulmodseg_trainers", "primus_trainers", "zeus_trainers")
 
 
 def registered_trainers() -> Dict[str, type]:

@@ -29,6 +29,7 @@ from nnunetv2.utilities.file_path_utilities import get_output_folder
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
+from nnunet_mulmod.modeling.backbones import wrap_backbone
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 from nnunet_mulmod.text.table import TextEmbeddingTable, TextTableError, default_table_path, one_hot_table
 from nnunet_mulmod.training.alternating import AlternatingModalityLoader, per_modality_dataloaders
@@ -247,8 +248,20 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         return table, source
 
     # ------------------------------------------------------------------ network
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+    @classmethod
+    def build_backbone(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                       num_input_channels: int, num_output_channels: int,
+                       enable_deep_supervision: bool = True) -> nn.Module:
+        """The network the head is put on: whatever the next nnU-Net trainer in the class's MRO builds (the plans'
+        U-Net for nnUNetTrainer; Primus for nnUNetTrainerMulModSegPrimus, which also extends nnU-Net's Primus
+        trainer)."""
+        return super(nnUNetTrainerMulModSeg, cls).build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+
+    # a classmethod, not nnU-Net's staticmethod, so that a subclass's MRO picks the backbone; nnU-Net calls it on the
+    # class (predictor) and on the instance (initialize) with the same arguments, which a classmethod takes alike
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         spec = plans_manager.plans.get(PLANS_KEY)
@@ -259,11 +272,13 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         if len(spec["class_names"]) != num_output_channels:
             raise RuntimeError(f"The MulModSeg head has {len(spec['class_names'])} classes but the network needs "
                                f"{num_output_channels} outputs (region-based training is not supported).")
-        unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                        num_output_channels, enable_deep_supervision)
+        backbone = cls.build_backbone(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                      enable_deep_supervision)
         # plans written before controller_version existed describe the authors' layout (version 1)
-        return MulModSegNet(unet, spec["modalities"], num_output_channels, spec["embed_dim"],
-                            spec["controller_hidden"], normalized_controller=spec.get("controller_version", 1) >= 2)
+        return wrap_backbone(backbone, spec["modalities"], num_output_channels, spec["embed_dim"],
+                             spec["controller_hidden"], normalized_controller=spec.get("controller_version", 1) >= 2,
+                             context=f" (plans {plans_manager.plans_name!r}, whose network_class_name is "
+                                     f"{configuration_manager.network_arch_class_name!r})")
 
     def mulmod_network(self) -> MulModSegNet:
         return unwrap_network(self.network)
