@@ -155,6 +155,23 @@ def test_refusals_are_clear_and_come_before_predicting(predictor, tmp_path):
     assert predictor.seen == []
 
 
+def test_automatic_detection_refuses_a_classifier_that_was_never_fitted(predictor, tmp_path):
+    # a checkpoint of nnunet-mulmod <= 0.3 loads its classifier unfitted: cases with a known modality predict,
+    # a case that would need detection is refused before anything is predicted for it
+    with torch.no_grad():
+        predictor.network.modality_classifier.fitted.zero_()
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    predictor.list_of_parameters = [copy.deepcopy(predictor.network.state_dict())]
+    [[path]] = write_inputs(str(tmp_path / "in"), ["scan"])
+    array, props = SimpleITKIO().read_images([path])
+    predictor.predict_single_npy_array(array, props, None, str(tmp_path / "ct_case"))
+    assert os.path.isfile(tmp_path / "ct_case.nii.gz")
+    with pytest.raises(ModalityError, match=r"modality classifier was never fitted.*--modality CT\|MR"):
+        predictor.predict_single_npy_array(array, props, None, str(tmp_path / "new_scan"))
+    assert not os.path.exists(tmp_path / "new_scan.nii.gz")
+    assert predictor.seen == [0] and predictor.network.selected_modality is None
+
+
 def test_predict_cli_checks_the_modality_before_the_model_loads(tmp_path, capsys):
     import json
 
