@@ -1,8 +1,8 @@
 """Device and torch.compile options of our entry points, checked before anything runs or is written.
 
 nnU-Net takes ``-device cuda|cpu|mps`` on trust: asked for CUDA on a machine without it, nnUNetv2_predict fails
-with a traceback when the network is moved (``Found no NVIDIA driver``), and nnUNetv2_train only after
-planning/loading (and DDP's ``-num_gpus`` after spawning its ranks). Our CLIs (nnunet_mulmod_predict, _demo,
+with a traceback when the network is moved to the GPU, nnUNetv2_train likewise once its trainer builds the
+network; ``-num_gpus`` is nnUNetv2_train's own (nothing of ours runs before it). Our CLIs (nnunet_mulmod_predict, _demo,
 _experiment, _build_text_table, the Zeus instruction tools) call ``resolve_device`` first: a device that is not
 there is refused with one line (DeviceError; nnU-Net has no CPU fallback for an explicit ``-device cuda`` either,
 and a silent fallback would turn a GPU run into a days-long CPU run).
