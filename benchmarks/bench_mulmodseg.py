@@ -68,42 +68,57 @@ def prepare(workdir: str, shape_xyz) -> str:
     return env["nnUNet_preprocessed"]
 
 
+def write_random_table(preprocessed_dataset_folder: str, dataset_json: dict, embed_dim: int) -> None:
+    """A random [modalities, classes, embed_dim] MulModSeg text table where the trainer looks for it (stands in
+    for CLIP's table: the cost of the head depends on its size, not its values)."""
+    import torch
+    from nnunet_mulmod.modality import class_names, get_modalities
+    from nnunet_mulmod.text.table import TextEmbeddingTable, default_table_path
+    modalities, classes = get_modalities(dataset_json), class_names(dataset_json)
+    table = TextEmbeddingTable(torch.randn(len(modalities), len(classes), embed_dim), modalities, classes,
+                               [["-"] * len(classes)] * len(modalities), "V3", "", {"type": "random"})
+    table.save(default_table_path(preprocessed_dataset_folder))
+
+
+def random_batch(trainer, dataset_json: dict, batch_size: int, patch) -> dict:
+    """One fixed random batch as nnU-Net's loader gives it: data [B, C, *patch], target a list per
+    deep-supervision scale (one tensor without deep supervision), keys: the first case (ALT reads its modality)."""
+    import torch
+    from nnunet_mulmod.modality import class_names
+    n_labels = len(class_names(dataset_json))
+    data = torch.randn(batch_size, len(dataset_json["channel_names"]), *patch)
+    scales = trainer._get_deep_supervision_scales()
+    target = [torch.randint(0, n_labels, (batch_size, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])).float()
+              for sc in (scales if scales is not None else [[1] * len(patch)])]
+    return {"data": data, "target": target if scales is not None else target[0],
+            "keys": [next(iter(dataset_json["case_modalities"]))] * batch_size}
+
+
 def measure(args) -> dict:
     """One trainer, one configuration: runs inside its own process (clean peak-memory accounting)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_mulmod.text.table import TextEmbeddingTable, default_table_path
-    from nnunet_mulmod.modality import class_names, get_modalities
     from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg, unwrap_network
 
     torch.manual_seed(0)
     pre = args.dataset_folder or os.path.join(os.environ["nnUNet_preprocessed"], "Dataset991_BenchMulMod")
     plans = load_json(os.path.join(pre, f"{args.plans}.json"))
     dataset_json = load_json(os.path.join(pre, "dataset.json"))
-    n_labels = len(class_names(dataset_json))
     cfg = plans["configurations"][args.configuration]
     cfg["patch_size"] = list(args.patch)
     cfg["batch_size"] = args.batch
     plans["continue_training"] = False  # nnUNetv2_train adds this key
     if args.trainer == "mulmodseg" and args.dataset_folder is None:  # a given dataset brings its own table
-        modalities = get_modalities(dataset_json)
-        table = TextEmbeddingTable(torch.randn(len(modalities), n_labels, args.embed_dim), modalities,
-                                   class_names(dataset_json), [["-"] * n_labels] * len(modalities), "V3", "",
-                                   {"type": "random"})
-        table.save(default_table_path(pre))
+        write_random_table(pre, dataset_json, args.embed_dim)
     device = torch.device(args.device)
     cls = nnUNetTrainerMulModSeg if args.trainer == "mulmodseg" else nnUNetTrainer
     trainer = cls(plans, args.configuration, 0, dataset_json, device)
     trainer.initialize()
     trainer.network.train()
     patch = tuple(args.patch)
-    data = torch.randn(args.batch, 1, *patch)
-    scales = trainer._get_deep_supervision_scales()
-    target = [torch.randint(0, n_labels, (args.batch, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])).float()
-              for sc in scales]
-    batch = {"data": data, "target": target, "keys": [next(iter(dataset_json["case_modalities"]))] * args.batch}
+    batch = random_batch(trainer, dataset_json, args.batch, patch)
 
     def sync():
         if device.type == "cuda":

@@ -469,6 +469,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if device is None:
             import torch
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif not args.dry_run:  # a dry run only prints the commands, e.g. for another machine
+            from nnunet_mulmod.devices import DeviceError, compile_fallback, resolve_device
+            try:
+                note = compile_fallback(resolve_device(device))
+            except DeviceError as e:
+                raise ExperimentError(str(e)) from e
+            if note:
+                print(note, file=sys.stderr)
         runner = ExperimentRunner(experiment, args.d, args.c, args.f, args.o, args.p, device, args.test_folder,
                                   args.test_labels, args.test_modality_map, args.instruction_table, args.npp,
                                   args.nps, args.np, args.disable_tta, args.metrics, not args.no_qualitative,

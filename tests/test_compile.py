@@ -5,7 +5,7 @@
 - no recompilation when ALT switches modality, between training and validation steps, or when the prediction hook
   selects each case's modality (or detection) in a sliding-window pass through nnU-Net's predictor: counted with
   dynamo's CompileCounter and compared with nnU-Net's own network under the same sequence of calls, and no graph
-  breaks (dynamo's counters).
+  breaks (dynamo's counters); the same case predicted twice gives identical logits.
 """
 import copy
 
@@ -94,6 +94,7 @@ def test_no_recompilation_over_alt_validation_and_a_prediction_pass():
     torch.manual_seed(0)
     train_x, val_x = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
     cases = [{"data": torch.randn(1, 1, 20, 20), "ofile": f"/out/{c}"} for c in ("ct_a", "mr_b", "new_scan", "ct_a")]
+    cases[3]["data"] = cases[0]["data"].clone()  # ct_a again: the same image, so the same logits are expected
 
     def build(trainer_class):
         def make():
@@ -154,6 +155,10 @@ def test_no_recompilation_over_alt_validation_and_a_prediction_pass():
     predictions, chosen = outputs[2::2], outputs[3::2]
     assert [c.tolist() for c in chosen[:2]] == [[0], [1]] and chosen[3].tolist() == [0]  # dataset.json's tags
     assert not torch.allclose(predictions[0], predictions[1])
+    # the same case predicted again, after another modality and an automatic detection in between, gives the same
+    # logits bit for bit: no selection or vote state leaks from case to case. (Before, the second ct_a was another
+    # random image under the same name, so this assertion could not hold there: not nondeterminism.)
+    assert torch.equal(predictions[0], predictions[3])
 
 
 def test_zeus_networks_compile_without_graph_breaks_or_recompilation_and_match_eager_with_inductor():

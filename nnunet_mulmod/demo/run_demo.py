@@ -203,6 +203,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    from nnunet_mulmod.devices import DeviceError, resolve_device
+    try:  # refused before the output folder is touched (nnU-Net would fail only at training, minutes in)
+        resolve_device(args.device)
+    except DeviceError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
     trainer = trained_trainer(args.trainer, args.epochs)
     started = time.time()
     output_dir = os.path.abspath(args.output_dir)

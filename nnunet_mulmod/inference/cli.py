@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
+from nnunet_mulmod.devices import DeviceError, compile_fallback, resolve_device
 from nnunet_mulmod.inference.modality_selection import CaseModalityResolver, _unwrap, load_modality_map
 from nnunet_mulmod.modality import ModalityError
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
@@ -102,11 +103,15 @@ def main(argv=None):
     model_folder = args.m or get_output_folder(args.d, args.tr, args.p, args.c)
     folds = [f if f == "all" else int(f) for f in args.f]
     try:
+        device = resolve_device(args.device)  # before anything loads or is written (nnunet_mulmod/devices.py)
+        note = compile_fallback(device)
+        if note:
+            print(note, file=sys.stderr)
         modality_map = load_modality_map(args.modality_map) if args.modality_map else None
         predict_with_modalities(model_folder, args.i, args.o, folds, args.chk, args.modality, modality_map,
-                                args.wrong_prompt, args.step_size, not args.disable_tta, torch.device(args.device),
+                                args.wrong_prompt, args.step_size, not args.disable_tta, device,
                                 args.npp, args.nps, args.save_probabilities)
-    except ModalityError as e:  # bad input: the message names the model/case and the fix; a traceback would hide it
+    except (ModalityError, DeviceError) as e:  # bad input: the message names the model/case and the fix; a traceback would hide it
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -94,6 +94,20 @@ class MulModSegController(nn.Module):
         with torch.autocast(pooled.device.type, enabled=False):
             return self._forward_fp32(pooled.to(dtype), text.to(dtype), b, k)
 
+    def head_features(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, 8, *S] -> the same in the dtype the dynamic head must run in: their own, except fp16
+        features with the unnormalised (version 1) layout, which go to float32.
+
+        Version 1's generated weights scale with the pooled features (no normalisation between them), and the
+        head multiplies three such layers: with pooled features x1e4 its weights reach ~8e3 and the first layer's
+        products overflow fp16 (inf logits; tests/test_mixed_precision.py). Version 2's generated weights have
+        unit-norm inputs (|theta| ~ 2 whatever the image), so its head runs in fp16 like nnU-Net's own last conv.
+        bf16 has float32's range: nothing to do. A dtype check, not a value check: no graph break or guard on data.
+        """
+        if not self.normalized and features.dtype == torch.float16:
+            return features.float()
+        return features
+
     def _forward_fp32(self, pooled: torch.Tensor, text: torch.Tensor, b: int, k: int) -> torch.Tensor:
         image = self.image_proj(pooled)
         text = F.relu(self.text_proj(text))
@@ -127,10 +141,13 @@ def _apply_dynamic_convs(features: torch.Tensor, params: torch.Tensor) -> torch.
     b, c, n = features.shape
     k = params.shape[1]
     weights, biases = split_dynamic_params(params.to(features.dtype))
-    x = torch.baddbmm(biases[0].view(b, k * 8, 1), weights[0].view(b, k * 8, c), features).relu_()
-    x = x.view(b * k, 8, n)
-    x = torch.baddbmm(biases[1].view(b * k, 8, 1), weights[1].view(b * k, 8, 8), x).relu_()
-    return torch.baddbmm(biases[2].view(b * k, 1, 1), weights[2].view(b * k, 1, 8), x)
+    # In the features' dtype, autocast or not: under autocast that is the autocast dtype anyway (the features are a
+    # conv output), except where MulModSegController.head_features asked for float32, which autocast would undo.
+    with torch.autocast(features.device.type, enabled=False):
+        x = torch.baddbmm(biases[0].view(b, k * 8, 1), weights[0].view(b, k * 8, c), features).relu_()
+        x = x.view(b * k, 8, n)
+        x = torch.baddbmm(biases[1].view(b * k, 8, 1), weights[1].view(b * k, 8, 8), x).relu_()
+        return torch.baddbmm(biases[2].view(b * k, 1, 1), weights[2].view(b * k, 1, 8), x)
 
 
 def dynamic_head(features: torch.Tensor, params: torch.Tensor, max_hidden_ratio: float = 4.0) -> torch.Tensor:

@@ -237,9 +237,9 @@ class MulModSegNet(nn.Module):
 
         params = self.controller(pooled, self.text_embeddings[indices])
         features = self.decode(skips)
-        if isinstance(features, (list, tuple)):
-            return [dynamic_head(f, params) for f in features]
-        return dynamic_head(features, params)
+        if isinstance(features, (list, tuple)):  # head_features: fp32 where fp16 would overflow (controller v1)
+            return [dynamic_head(self.controller.head_features(f), params) for f in features]
+        return dynamic_head(self.controller.head_features(features), params)
 
     def compute_conv_feature_map_size(self, input_size):
         # nnU-Net's planners call this on the network class; kept for parity with the wrapped U-Net.

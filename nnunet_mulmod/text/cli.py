@@ -174,9 +174,11 @@ def _run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)
+    from nnunet_mulmod.devices import DeviceError, resolve_device
     try:
+        resolve_device(args.device)
         _run(args)
-    except (TextEncoderError, TextTableError, PromptError, ModalityError) as e:
+    except (TextEncoderError, TextTableError, PromptError, ModalityError, DeviceError) as e:
         # User errors: the message names the file and the fix; a traceback would only hide it.
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(1)

@@ -18,6 +18,7 @@ from typing import List, Mapping, Optional, Sequence
 
 import torch
 
+from nnunet_mulmod.devices import resolve_device
 from nnunet_mulmod.text.table import TextEmbeddingTable, TextTableError
 from nnunet_mulmod.zeus.instructions import (dataset_modalities_and_classes,
                                              default_instructions_path, find_dataset, instruction_texts,
@@ -110,6 +111,7 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args(argv)
     try:
+        resolve_device(args.device)  # DeviceError is a ValueError: one line below
         name, _, dataset_json = find_dataset(args.d)
         instructions_file = args.i or default_instructions_path(name)
         record = load_instructions(instructions_file)

@@ -36,6 +36,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_mulmod.devices import resolve_device
 from nnunet_mulmod.modality import (class_names as dataset_class_names, get_channel_modalities, get_modalities,
                                     modality_prompt_text)
 
@@ -325,6 +326,7 @@ def main(argv=None):
     parser.add_argument("--allow_download", action="store_true", help="let transformers download the model")
     args = parser.parse_args(argv)
     try:
+        resolve_device(args.device)  # DeviceError is a ValueError: one line below
         name, raw_folder, dataset_json = find_dataset(args.d)
         record = generate_instructions(dataset_json, args.backend, args.model, args.json_file, raw_folder, args.seed,
                                        args.max_new_tokens, args.sample, args.temperature, args.top_p, args.prompt,
