@@ -2,7 +2,8 @@
 parameters and peak memory, printed as ratios MulModSeg / vanilla, for each backbone.
 
     python benchmarks/bench_mulmodseg.py [--device cpu|cuda] [--patch3d 64 64 64] [--patch2d 256 256] \
-        [--batch 2] [--steps 5] [--embed_dim 512] [--backbones plain resenc primus] [--patch_primus 64 64 64]
+        [--batch 2] [--steps 5] [--embed_dim 512] [--backbones plain resenc primus] [--patch_primus 64 64 64] \
+        [--rounds 1]
 
 What it does, in one run: writes a few synthetic CT+MR phantoms of abdominal-CT size, lets nnU-Net plan
 them (``nnUNetv2_plan_and_preprocess -c 2d 3d_fullres``; for ``resenc`` also
@@ -87,6 +88,9 @@ BACKBONES = {
     "resenc": (RESENC_PLANS, ("3d_fullres",), "vanilla", "mulmodseg"),
     "primus": ("nnUNetPlans", ("3d_fullres",), "primus", "mulmodseg_primus"),  # Primus takes the patch size only
 }
+
+
+MEDIAN_KEYS = ("step_s", "step_cpu_s", "inference_s", "inference_cpu_s", "peak_bytes")
 
 
 def describe(network, cfg: dict) -> str:
@@ -198,6 +202,8 @@ def main():
     parser.add_argument("--patch2d", type=int, nargs=2, default=[256, 256])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each pair this many times, alternating which goes first; medians")
     parser.add_argument("--backbones", nargs="+", choices=list(BACKBONES), default=list(BACKBONES))
     parser.add_argument("--patch_primus", type=int, nargs=3, default=[64, 64, 64],
                         help="Primus's patch (divisible by 8; Primus-M is slow on a CPU)")
@@ -234,22 +240,28 @@ def main():
         for configuration in configurations:
             patch = args.patch_primus if backbone == "primus" else \
                 args.patch3d if configuration == "3d_fullres" else args.patch2d
-            results = {}
-            for trainer in (vanilla, ours):
-                cmd = [sys.executable, __file__, "--measure", "--trainer", trainer, "--configuration", configuration,
-                       "--patch", *map(str, patch), "--batch", str(args.batch), "--steps", str(args.steps),
-                       "--device", args.device, "--embed_dim", str(args.embed_dim), "--plans", plans]
-                # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
-                out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True,
-                                     encoding="utf-8", errors="replace")
-                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                if out.returncode != 0 or not line:
-                    raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-                results[trainer] = json.loads(line[0][7:])
+            runs = {vanilla: [], ours: []}
+            for round_ in range(args.rounds):  # alternated, so that a change in the machine's load hits both alike
+                for trainer in ((vanilla, ours) if round_ % 2 == 0 else (ours, vanilla)):
+                    cmd = [sys.executable, __file__, "--measure", "--trainer", trainer, "--configuration",
+                           configuration, "--patch", *map(str, patch), "--batch", str(args.batch), "--steps",
+                           str(args.steps), "--device", args.device, "--embed_dim", str(args.embed_dim),
+                           "--plans", plans]
+                    # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
+                    out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True,
+                                         encoding="utf-8", errors="replace")
+                    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+                    if out.returncode != 0 or not line:
+                        raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n"
+                                         f"{out.stderr[-3000:]}")
+                    runs[trainer].append(json.loads(line[0][7:]))
+            # medians over the rounds (parameters and descriptions are the same in every round)
+            results = {t: {k: statistics.median(r[k] for r in rs) if k in MEDIAN_KEYS else rs[0][k] for k in rs[0]}
+                       for t, rs in runs.items()}
             rows.append((f"{TRAINERS[ours][1]} / {TRAINERS[vanilla][1]}", plans, configuration, patch,
                          results[vanilla], results[ours]))
     print(f"\nMulModSeg / vanilla nnU-Net, same plans and batch (batch {args.batch}, device {args.device}, "
-          f"{args.steps} timed steps, text dim {args.embed_dim}, 14 classes)")
+          f"{args.steps} timed steps, {args.rounds} round(s), text dim {args.embed_dim}, 14 classes)")
     print("Times are medians of wall-clock seconds, and in [brackets] of the process's CPU seconds, which a "
           "busy machine disturbs less.")
     print("| trainers | plans, configuration | patch | backbone | step time | inference | parameters | peak memory |")
