@@ -90,4 +90,4 @@ def wrap_backbone(network: nn.Module, modalities: Sequence[str], num_classes: in
     ``context`` (e.g. which plans asked for the network) goes into the error message.
     """
     return wrapper_for(network, context)(network, modalities, num_classes, embed_dim, controller_hidden,
-                   normalized_controller=normalized_controller)
+                                         normalized_controller=normalized_controller)
