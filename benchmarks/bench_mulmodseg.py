@@ -1,15 +1,21 @@
 """MulModSeg vs vanilla nnU-Net on the same plans and the same batch: step time, inference time,
-parameters and peak memory, printed as ratios MulModSeg / vanilla.
+parameters and peak memory, printed as ratios MulModSeg / vanilla, for each backbone.
 
     python benchmarks/bench_mulmodseg.py [--device cpu|cuda] [--patch3d 64 64 64] [--patch2d 256 256] \
-        [--batch 2] [--steps 5] [--embed_dim 512]
+        [--batch 2] [--steps 5] [--embed_dim 512] [--backbones plain resenc primus] [--patch_primus 64 64 64] \
+        [--rounds 1]
 
 What it does, in one run: writes a few synthetic CT+MR phantoms of abdominal-CT size, lets nnU-Net plan
-them (``nnUNetv2_plan_and_preprocess -c 2d 3d_fullres``), so both trainers get nnU-Net's own plans and
-architecture (6-7 stages, 32..320/512 features). ``--patch3d/--patch2d`` only shrink the patch (the
-architecture stays as planned) so the run fits a CPU. For each configuration it builds nnUNetTrainer
-and nnUNetTrainerMulModSeg (a random table of --embed_dim dims stands in for CLIP's 512-d table, 14
-classes like AMOS), and measures, each trainer in its own subprocess:
+them (``nnUNetv2_plan_and_preprocess -c 2d 3d_fullres``; for ``resenc`` also
+``nnUNetv2_plan_experiment -pl nnUNetPlannerResEncM``), so both trainers get nnU-Net's own plans and
+architecture (6-7 stages, 32..320/512 features). ``--patch3d/--patch2d/--patch_primus`` only shrink the patch
+(the architecture stays as planned) so the run fits a CPU. The pairs, each built by nnU-Net from the same plans:
+- ``plain``: nnUNetTrainer vs nnUNetTrainerMulModSeg on nnUNetPlans (PlainConvUNet), 3d_fullres and 2d;
+- ``resenc``: the same two trainers on nnUNetResEncUNetMPlans (ResidualEncoderUNet, the M preset), 3d_fullres;
+- ``primus``: nnU-Net's nnUNet_Primus_M_Trainer vs nnUNetTrainerMulModSegPrimus (Primus-M: 864-d tokens of
+  8^3 voxels, 16 blocks; the patch must be divisible by 8), 3d_fullres.
+A random table of --embed_dim dims stands in for CLIP's 512-d table, 14 classes like AMOS. It measures, each
+trainer in its own subprocess:
 - median ``train_step`` time over --steps steps (after one warm-up) on one fixed random batch;
 - ``predict_sliding_window_return_logits`` on one volume of 1.5x the patch (2d: 8 such slices; no mirroring);
 - trainable parameters;
@@ -94,13 +100,46 @@ def random_batch(trainer, dataset_json: dict, batch_size: int, patch) -> dict:
             "keys": [next(iter(dataset_json["case_modalities"]))] * batch_size}
 
 
+RESENC_PLANS = "nnUNetResEncUNetMPlans"
+# --trainer of a measurement -> (trainer module, class): vanilla and MulModSeg of each backbone
+TRAINERS = {
+    "vanilla": ("nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnUNetTrainer"),
+    "mulmodseg": ("nnunet_mulmod.training.mulmodseg_trainer", "nnUNetTrainerMulModSeg"),
+    "primus": ("nnunetv2.training.nnUNetTrainer.primus.primus_trainers", "nnUNet_Primus_M_Trainer"),
+    "mulmodseg_primus": ("nnunet_mulmod.training.primus_trainers", "nnUNetTrainerMulModSegPrimus"),
+}
+# backbone -> (plans, configurations, vanilla trainer, MulModSeg trainer)
+BACKBONES = {
+    "plain": ("nnUNetPlans", ("3d_fullres", "2d"), "vanilla", "mulmodseg"),
+    "resenc": (RESENC_PLANS, ("3d_fullres",), "vanilla", "mulmodseg"),
+    "primus": ("nnUNetPlans", ("3d_fullres",), "primus", "mulmodseg_primus"),  # Primus takes the patch size only
+}
+
+
+MEDIAN_KEYS = ("step_s", "step_cpu_s", "inference_s", "inference_cpu_s", "peak_bytes")
+
+
+def describe(network, cfg: dict) -> str:
+    """The backbone, in a few words (the vanilla network)."""
+    from dynamic_network_architectures.architectures.primus import Primus
+    if isinstance(network, Primus):
+        return f"Primus {network.embed_dim}-d, {len(network.eva.blocks)} blocks, 8^3 tokens"
+    kwargs = cfg["architecture"]["arch_kwargs"]
+    features = kwargs["features_per_stage"]
+    text = f"{type(network).__name__} {features[0]}..{features[-1]}, {len(features)} stages"
+    if "n_blocks_per_stage" in kwargs:
+        text += f", blocks {kwargs['n_blocks_per_stage']}"
+    return text
+
+
 def measure(args) -> dict:
     """One trainer, one configuration: runs inside its own process (clean peak-memory accounting)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg, unwrap_network
+    import importlib
+    from nnunet_mulmod.modeling.primus_net import PrimusMulModSegNet
+    from nnunet_mulmod.training.mulmodseg_trainer import unwrap_network
 
     torch.manual_seed(0)
     pre = args.dataset_folder or os.path.join(os.environ["nnUNet_preprocessed"], "Dataset991_BenchMulMod")
@@ -110,10 +149,12 @@ def measure(args) -> dict:
     cfg["patch_size"] = list(args.patch)
     cfg["batch_size"] = args.batch
     plans["continue_training"] = False  # nnUNetv2_train adds this key
-    if args.trainer == "mulmodseg" and args.dataset_folder is None:  # a given dataset brings its own table
+    mulmodseg = args.trainer.startswith("mulmodseg")
+    if mulmodseg and args.dataset_folder is None:  # a given dataset brings its own table
         write_random_table(pre, dataset_json, args.embed_dim)
     device = torch.device(args.device)
-    cls = nnUNetTrainerMulModSeg if args.trainer == "mulmodseg" else nnUNetTrainer
+    module, class_name = TRAINERS[args.trainer]
+    cls = getattr(importlib.import_module(module), class_name)
     trainer = cls(plans, args.configuration, 0, dataset_json, device)
     trainer.initialize()
     trainer.network.train()
@@ -144,7 +185,7 @@ def measure(args) -> dict:
     network = unwrap_network(trainer.network)
     trainer.set_deep_supervision_enabled(False)
     network.eval()
-    if args.trainer == "mulmodseg":
+    if mulmodseg:
         network.selected_modality = 0
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
@@ -163,7 +204,8 @@ def measure(args) -> dict:
             "inference_s": inference, "inference_cpu_s": inference_cpu, "peak_bytes": peak,
             "params": sum(p.numel() for p in network.parameters() if p.requires_grad),
             "architecture": plans["configurations"][args.configuration]["architecture"]["network_class_name"],
-            "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"]}
+            "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
+            "network": describe(network.encoder if isinstance(network, PrimusMulModSegNet) else network, cfg)}
 
 
 def main():
@@ -173,6 +215,11 @@ def main():
     parser.add_argument("--patch2d", type=int, nargs=2, default=[256, 256])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each pair this many times, alternating which goes first; medians")
+    parser.add_argument("--backbones", nargs="+", choices=list(BACKBONES), default=list(BACKBONES))
+    parser.add_argument("--patch_primus", type=int, nargs=3, default=[64, 64, 64],
+                        help="Primus's patch (divisible by 8; Primus-M is slow on a CPU)")
     parser.add_argument("--embed_dim", type=int, default=512)
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 64], help="phantom size (x y z voxels)")
     parser.add_argument("--workdir", default=None)
@@ -195,29 +242,45 @@ def main():
     if not os.path.isdir(os.path.join(workdir, "pre", "Dataset991_BenchMulMod")):
         print(f"planning synthetic data in {workdir} ...", flush=True)
         prepare(workdir, args.shape)
+    if "resenc" in args.backbones and not os.path.isfile(os.path.join(workdir, "pre", "Dataset991_BenchMulMod",
+                                                                      RESENC_PLANS + ".json")):
+        # the M preset's plans for the same data (its architecture; the measurements use random batches)
+        subprocess.run(["nnUNetv2_plan_experiment", "-d", "991", "-pl", "nnUNetPlannerResEncM"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
     rows = []
-    for configuration, patch in (("3d_fullres", args.patch3d), ("2d", args.patch2d)):
-        results = {}
-        for trainer in ("vanilla", "mulmodseg"):
-            cmd = [sys.executable, __file__, "--measure", "--trainer", trainer, "--configuration", configuration,
-                   "--patch", *map(str, patch), "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--device", args.device, "--embed_dim", str(args.embed_dim)]
-            # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
-            out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True, encoding="utf-8", errors="replace")
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-            if out.returncode != 0 or not line:
-                raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            results[trainer] = json.loads(line[0][7:])
-        v, m = results["vanilla"], results["mulmodseg"]
-        rows.append((configuration, patch, v, m))
+    for backbone in args.backbones:
+        plans, configurations, vanilla, ours = BACKBONES[backbone]
+        for configuration in configurations:
+            patch = args.patch_primus if backbone == "primus" else \
+                args.patch3d if configuration == "3d_fullres" else args.patch2d
+            runs = {vanilla: [], ours: []}
+            for round_ in range(args.rounds):  # alternated, so that a change in the machine's load hits both alike
+                for trainer in ((vanilla, ours) if round_ % 2 == 0 else (ours, vanilla)):
+                    cmd = [sys.executable, __file__, "--measure", "--trainer", trainer, "--configuration",
+                           configuration, "--patch", *map(str, patch), "--batch", str(args.batch), "--steps",
+                           str(args.steps), "--device", args.device, "--embed_dim", str(args.embed_dim),
+                           "--plans", plans]
+                    # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
+                    out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True,
+                                         encoding="utf-8", errors="replace")
+                    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+                    if out.returncode != 0 or not line:
+                        raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n"
+                                         f"{out.stderr[-3000:]}")
+                    runs[trainer].append(json.loads(line[0][7:]))
+            # medians over the rounds (parameters and descriptions are the same in every round)
+            results = {t: {k: statistics.median(r[k] for r in rs) if k in MEDIAN_KEYS else rs[0][k] for k in rs[0]}
+                       for t, rs in runs.items()}
+            rows.append((f"{TRAINERS[ours][1]} / {TRAINERS[vanilla][1]}", plans, configuration, patch,
+                         results[vanilla], results[ours]))
     print(f"\nMulModSeg / vanilla nnU-Net, same plans and batch (batch {args.batch}, device {args.device}, "
-          f"{args.steps} timed steps, text dim {args.embed_dim}, 14 classes)")
+          f"{args.steps} timed steps, {args.rounds} round(s), text dim {args.embed_dim}, 14 classes)")
     print("Times are medians of wall-clock seconds, and in [brackets] of the process's CPU seconds, which a "
           "busy machine disturbs less.")
-    print("| configuration | patch | architecture | step time | inference | parameters | peak memory |")
-    print("|---|---|---|---|---|---|---|")
-    for configuration, patch, v, m in rows:
-        print(f"| {configuration} | {'x'.join(map(str, patch))} | {v['architecture'].split('.')[-1]} {v['features']} | "
+    print("| trainers | plans, configuration | patch | backbone | step time | inference | parameters | peak memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pair, plans, configuration, patch, v, m in rows:
+        print(f"| {pair} | {plans} {configuration} | {'x'.join(map(str, patch))} | {v['network']} | "
               f"{m['step_s'] / v['step_s']:.3f} [{m['step_cpu_s'] / v['step_cpu_s']:.3f}] "
               f"({v['step_s']:.2f}s -> {m['step_s']:.2f}s) | "
               f"{m['inference_s'] / v['inference_s']:.3f} [{m['inference_cpu_s'] / v['inference_cpu_s']:.3f}] "
@@ -225,7 +288,6 @@ def main():
               f"{m['params'] / v['params']:.4f} ({v['params'] / 1e6:.2f}M -> {m['params'] / 1e6:.2f}M) | "
               f"{m['peak_bytes'] / max(v['peak_bytes'], 1):.3f} ({v['peak_bytes'] / 2**20:.0f} -> "
               f"{m['peak_bytes'] / 2**20:.0f} MiB) |")
-
 
 if __name__ == "__main__":
     main()

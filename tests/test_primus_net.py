@@ -12,7 +12,7 @@ from torch import nn
 from dynamic_network_architectures.architectures.primus import Primus
 from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import AbstractPrimus, nnUNet_Primus_M_Trainer
 from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
-from nnunet_mulmod.modeling.backbones import UnsupportedBackboneError, wrap_backbone
+from nnunet_mulmod.modeling.backbones import UnsupportedBackboneError, check_backbone, wrap_backbone
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 from nnunet_mulmod.modeling.primus_net import PrimusMulModSegNet
 from nnunet_mulmod.training.mulmodseg_trainer import PLANS_KEY, nnUNetTrainerMulModSeg
@@ -20,6 +20,7 @@ from nnunet_mulmod.training.primus_trainers import nnUNetTrainerALTPrimus, nnUNe
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_mulmodseg_network import reference_head  # noqa: E402
+from test_zeus_network import plans_2d  # noqa: E402
 
 PATCH = (16, 32, 16)
 
@@ -136,3 +137,22 @@ def test_networks_that_cannot_be_wrapped_fail_with_the_class_and_the_supported_o
                                                        r"'nnUNetOddPlans', whose network_class_name is 'torch\.nn"
                                                        r"\.Identity'\)"):
         OddTrainer.build_network_architecture(plans_manager, configuration_manager, 1, 2)
+
+
+def test_the_trainers_check_the_backbone_before_building_anything():
+    # what the MulModSeg trainers call before nnU-Net's __init__: the plans' network, built on the meta device
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}}
+    plans = plans_2d()
+    check_backbone(nnUNetTrainerMulModSeg, plans, "2d", dataset_json)  # PlainConvUNet: fine
+    primus_plans = plans_2d(patch=(16, 32, 16), configuration="3d_fullres")
+    check_backbone(nnUNetTrainerMulModSegPrimus, primus_plans, "3d_fullres", dataset_json)  # Primus-M: fine
+    plans["plans_name"] = "nnUNetOddPlans"
+    plans["configurations"]["2d"]["architecture"] = {"network_class_name": "torch.nn.Identity", "arch_kwargs": {},
+                                                     "_kw_requires_import": []}
+    with pytest.raises(UnsupportedBackboneError, match=r"torch\.nn\.modules\.linear\.Identity \(plans "
+                                                       r"'nnUNetOddPlans', whose network_class_name is 'torch\.nn"
+                                                       r"\.Identity'\).*Supported: PlainConvUNet"):
+        check_backbone(nnUNetTrainerMulModSeg, plans, "2d", dataset_json)
+    # the Primus trainer builds Primus whatever network the plans name
+    primus_plans["configurations"]["3d_fullres"]["architecture"] = plans["configurations"]["2d"]["architecture"]
+    check_backbone(nnUNetTrainerMulModSegPrimus, primus_plans, "3d_fullres", dataset_json)

@@ -29,7 +29,7 @@ from nnunetv2.utilities.file_path_utilities import get_output_folder
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
-from nnunet_mulmod.modeling.backbones import wrap_backbone
+from nnunet_mulmod.modeling.backbones import check_backbone, plans_context, wrap_backbone
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
 from nnunet_mulmod.text.table import TextEmbeddingTable, TextTableError, default_table_path, one_hot_table
 from nnunet_mulmod.training.alternating import AlternatingModalityLoader, per_modality_dataloaders
@@ -224,6 +224,7 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def check_inputs(self, plans: dict, configuration: str, fold, dataset_json: dict) -> None:
         self.text_table, self.text_table_source = self.load_text_table(plans, configuration, dataset_json)
         super().check_inputs(plans, configuration, fold, dataset_json)
+        check_backbone(type(self), plans, configuration, dataset_json)  # a network the head cannot go on
 
     def load_text_table(self, plans: dict, configuration: str, dataset_json: dict):
         """(table in the dataset's modality and class order, where it came from). The run's own copy if it has
@@ -277,8 +278,7 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         # plans written before controller_version existed describe the authors' layout (version 1)
         return wrap_backbone(backbone, spec["modalities"], num_output_channels, spec["embed_dim"],
                              spec["controller_hidden"], normalized_controller=spec.get("controller_version", 1) >= 2,
-                             context=f" (plans {plans_manager.plans_name!r}, whose network_class_name is "
-                                     f"{configuration_manager.network_arch_class_name!r})")
+                             context=plans_context(plans_manager, configuration_manager))
 
     def mulmod_network(self) -> MulModSegNet:
         return unwrap_network(self.network)
