@@ -28,6 +28,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_mulmod import nnunet_integration
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
 from nnunet_mulmod.modeling.backbones import wrap_backbone
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
@@ -96,6 +97,10 @@ class nnUNetTrainerALT(nnUNetTrainer):
                 f"{self.__class__.__name__} alternates between modalities (ALT), but every training case of "
                 f"{plans['dataset_name']} fold {fold} is {present[0]} ({dataset_json_file}: modalities {modalities}). "
                 f"Train a single-modality dataset with nnUNetTrainer, or add cases of a second modality.")
+
+    def initialize(self):
+        nnunet_integration.install()  # our normalizers, preprocessor and predictor hook, checked (idempotent)
+        super().initialize()
 
     # ------------------------------------------------------------------ modality of batches
     def _case_modality_indices(self, keys) -> torch.Tensor:
@@ -264,6 +269,8 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
+        # nnUNetv2_predict rebuilds the network with this before it predicts: the predictor hook is installed here
+        nnunet_integration.install()
         spec = plans_manager.plans.get(PLANS_KEY)
         if spec is None:
             raise RuntimeError(
@@ -351,19 +358,15 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
         a subclass of the dataset class that selects the case's modality at that moment is all it takes.
         """
         core = self.mulmod_network()
-        trainer = self
         original_dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
 
-        class DatasetSelectingModality(original_dataset_class):
-            def load_case(self, identifier):
-                loaded = super().load_case(identifier)
-                modality = trainer._case_modality_indices([identifier])[0].item()
-                core.selected_modality = modality
-                trainer.print_to_log_file(f"{identifier}: modality {trainer.modalities[modality]} "
-                                          f"(dataset.json case_modalities)")
-                return loaded
+        def select_modality(identifier):
+            modality = self._case_modality_indices([identifier])[0].item()
+            core.selected_modality = modality
+            self.print_to_log_file(f"{identifier}: modality {self.modalities[modality]} "
+                                   f"(dataset.json case_modalities)")
 
-        self.dataset_class = DatasetSelectingModality
+        self.dataset_class = nnunet_integration.dataset_class_calling_on_load(original_dataset_class, select_modality)
         try:
             super().perform_actual_validation(save_probabilities)
         finally:
@@ -389,6 +392,10 @@ class nnUNetTrainerSingleModality(nnUNetTrainer):
 
     train_modality: Optional[str] = None
 
+    def initialize(self):
+        nnunet_integration.install()
+        super().initialize()
+
     def do_split(self):
         tr_keys, val_keys = super().do_split()
         if self.train_modality not in get_modalities(self.dataset_json):
@@ -411,7 +418,3 @@ class nnUNetTrainerCTOnly(nnUNetTrainerSingleModality):
 class nnUNetTrainerMROnly(nnUNetTrainerSingleModality):
     train_modality = "MR"
 
-
-# nnUNetv2_predict imports the trainer's module (to rebuild the network) before predicting: importing the
-# modality selection here makes plain nnUNetv2_predict select each case's modality too.
-import nnunet_mulmod.inference.modality_selection  # noqa: E402,F401
