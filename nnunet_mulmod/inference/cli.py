@@ -36,7 +36,7 @@ def predict_with_modalities(model_folder: str, input_folder_or_files, output_fol
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunet_mulmod.nnunet_integration import install
-    from nnunet_mulmod.training.mulmodseg_trainer import PLANS_KEY
+    from nnunet_mulmod.training.mulmodseg import PLANS_KEY
 
     install()  # normalizers, preprocessor, predictor hook (also reached via build_network_architecture)
     # everything the user can get wrong is checked from the model folder's json files, before the model loads
