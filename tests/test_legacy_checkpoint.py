@@ -2,7 +2,7 @@
 
 The checkpoint is built in the layout of nnunet-mulmod's first releases (commits 347a4a4 / b52ef2e): the layout file
 tests/legacy/mulmodseg_347a4a4_state_dict_layout.json was dumped from the network those commits build for the plans
-below. Then the modality classifier was a bare nn.Linear on the pooled bottleneck (``modality_classifier.weight`` /
+of tests/test_prediction_paths.py. Then the modality classifier was a bare nn.Linear on the pooled bottleneck (``modality_classifier.weight`` /
 ``.bias``) and the plans had no ``controller_version`` (the authors' controller layout). It is loaded by
 ``nnUNetPredictor.initialize_from_trained_model_folder`` (trainer found by its name, network rebuilt from the plans,
 ``load_state_dict``) and predicts with an explicit modality; automatic detection refuses clearly (the old classifier's
@@ -16,33 +16,14 @@ import pytest
 import torch
 
 from nnunet_mulmod.modality import ModalityError
+from test_prediction_paths import PLANS as PREDICTION_PLANS
 
 LAYOUT = Path(__file__).parent / "legacy" / "mulmodseg_347a4a4_state_dict_layout.json"
-ARCH = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv2d",
-                        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]],
-                        "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-# the plans.json such a run wrote into its results folder: the "mulmodseg" section without controller_version
-OLD_PLANS = {"dataset_name": "Dataset993_Legacy", "plans_name": "nnUNetPlans",
-             "original_median_spacing_after_transp": [1, 1, 1], "original_median_shape_after_transp": [1, 16, 16],
-             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "configurations": {"2d": {"data_identifier": "d", "preprocessor_name": "DefaultPreprocessor",
-                                       "batch_size": 2, "patch_size": [16, 16], "spacing": [1, 1],
-                                       "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-                                       "architecture": ARCH, "batch_dice": True,
-                                       "resampling_fn_data": "resample_data_or_seg_to_shape",
-                                       "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                                       "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
-                                       "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                                       "resampling_fn_probabilities_kwargs": {}}},
-             "experiment_planner_used": "x", "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {"0": {"mean": 0, "std": 1}},
-             "mulmodseg": {"modalities": ["CT", "MR"], "class_names": ["background", "liver"], "embed_dim": 6,
-                           "controller_hidden": 8}}
+# the plans.json such a run wrote into its results folder: test_prediction_paths's tiny 2d model (the layout file was
+# dumped for it), whose "mulmodseg" section then had no controller_version
+OLD_PLANS = copy.deepcopy(PREDICTION_PLANS)
+OLD_PLANS["dataset_name"] = "Dataset993_Legacy"
+del OLD_PLANS["mulmodseg"]["controller_version"]
 DATASET_JSON = {"name": "Dataset993_Legacy", "channel_names": {"0": "CT_or_MR"}, "labels": {"background": 0, "liver": 1},
                 "numTraining": 2, "file_ending": ".nii.gz", "modalities": ["CT", "MR"],
                 "case_modalities": {"ct_case": "CT", "mr_case": "MR"}}
