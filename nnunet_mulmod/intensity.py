@@ -8,13 +8,13 @@ its own package. A single-channel dataset that mixes CT and MR needs a per-*case
 The design (no change to any nnU-Net command):
 
 1. Channel names select the protocol. The converters name the mixed channel ``CT_or_MR`` (paper) or
-   ``CT_or_MR_code`` (authors' code). At interpreter start-up (``nnunet_mulmod.pth`` ->
-   ``_autoregister`` -> ``_intensity_hook``) a post-import hook adds these names to nnU-Net's
-   ``channel_name_to_normalization_mapping`` and places :class:`MulModIntensityNormalization` /
-   :class:`MulModCodeIntensityNormalization` in ``default_normalization_schemes`` and
-   ``MulModPreprocessor`` in ``default_preprocessor``: the planner writes the class name into the plans and
-   ``nnUNetv2_plan_and_preprocess`` workers, the trainer and ``nnUNetv2_predict`` find it by name, in every
-   (spawned) process.
+   ``CT_or_MR_code`` (authors' code). ``nnunet_mulmod.nnunet_integration`` (installed at interpreter start-up by
+   ``nnunet_mulmod.pth``, and explicitly by our trainers and predictor) adds these names to nnU-Net's
+   ``channel_name_to_normalization_mapping`` and lets nnU-Net find :class:`MulModIntensityNormalization` /
+   :class:`MulModCodeIntensityNormalization` in ``default_normalization_schemes`` and ``MulModPreprocessor`` in
+   ``default_preprocessor``: the planner writes the class name into the plans and ``nnUNetv2_plan_and_preprocess``
+   workers, the trainer and ``nnUNetv2_predict`` find it by name, in every (spawned) process. This module only
+   defines the classes.
 2. Each case's family (CT, MR or other, see nnunet_mulmod.modality; other = per-image z-score, e.g. PET) is
    decided in this order (:func:`decide_family`):
    a. ``NNUNET_MULMOD_INTENSITY_FAMILY=CT|MR|other`` in the environment (explicit override, e.g. predicting a folder
@@ -34,7 +34,6 @@ uses exactly the training protocol.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -129,53 +128,4 @@ class MulModCodeIntensityNormalization(MulModIntensityNormalization):
     default_protocol = CODE_PROTOCOL
 
 
-# channel name (nnU-Net matches case-insensitively) -> normalizer
-CHANNEL_NAME_TO_NORMALIZATION = {
-    "ct_or_mr": MulModIntensityNormalization,
-    "ct_or_mr_code": MulModCodeIntensityNormalization,
-}
 NORMALIZATION_CLASSES = (MulModIntensityNormalization, MulModCodeIntensityNormalization)
-
-
-def on_nnunet_module_imported(module) -> None:
-    """Adds our classes to one of nnU-Net's lookup modules. Called by the start-up hook right after nnU-Net
-    executed the module, and below for modules loaded before this one. Import cycles (this module or
-    plans_extensions.mulmod_preprocessor being imported while nnU-Net's module loads) are resolved by whichever
-    side finishes last: each registers with what is already there."""
-    name = module.__name__
-    if name.endswith("normalization.default_normalization_schemes"):
-        for cls in NORMALIZATION_CLASSES:
-            setattr(module, cls.__name__, cls)
-    elif name.endswith("normalization.map_channel_name_to_normalization"):
-        mapping = getattr(module, "channel_name_to_normalization_mapping", None)
-        if mapping is not None:  # None: the module is still executing; the hook calls again when it is done
-            for key, cls in CHANNEL_NAME_TO_NORMALIZATION.items():
-                mapping.setdefault(key, cls)
-    elif name.endswith("preprocessors.default_preprocessor"):
-        pending = sys.modules.get("plans_extensions.mulmod_preprocessor")
-        if pending is not None and not hasattr(pending, "MulModPreprocessor"):
-            return  # being imported right now; it registers itself when done
-        if hasattr(module, "DefaultPreprocessor"):
-            from plans_extensions.mulmod_preprocessor import MulModPreprocessor
-            setattr(module, MulModPreprocessor.__name__, MulModPreprocessor)
-
-
-def _register_with_loaded_nnunet_modules() -> None:
-    for name in ("nnunetv2.preprocessing.normalization.default_normalization_schemes",
-                 "nnunetv2.preprocessing.normalization.map_channel_name_to_normalization",
-                 "nnunetv2.preprocessing.preprocessors.default_preprocessor"):
-        if name in sys.modules:
-            on_nnunet_module_imported(sys.modules[name])
-
-
-def register_with_nnunet() -> None:
-    """Registers in this process only (idempotent): for code run with NNUNET_MULMOD_NO_AUTOREGISTER=1. nnU-Net's
-    spawned preprocessing/prediction workers re-import nnU-Net and need the start-up hook to find the classes."""
-    import importlib
-    for name in ("nnunetv2.preprocessing.normalization.default_normalization_schemes",
-                 "nnunetv2.preprocessing.normalization.map_channel_name_to_normalization",
-                 "nnunetv2.preprocessing.preprocessors.default_preprocessor"):
-        on_nnunet_module_imported(importlib.import_module(name))
-
-
-_register_with_loaded_nnunet_modules()

@@ -8,13 +8,12 @@ normalizer whether the case is CT or MR. Cases without a tag (a new scan at pred
 A configuration's optional ``"mulmod_intensity"`` entry (written by nnunet_mulmod_plans_variant) overrides the
 window/percentiles of the protocol named by the channel.
 
-nnU-Net finds this class by name (``"preprocessor_name": "MulModPreprocessor"`` in the plans) because the
-start-up hook places it in ``nnunetv2.preprocessing.preprocessors.default_preprocessor``.
+nnU-Net finds this class by name (``"preprocessor_name": "MulModPreprocessor"`` in the plans) because
+nnunet_mulmod.nnunet_integration registers it in ``nnunetv2.preprocessing.preprocessors.default_preprocessor``.
 """
 from __future__ import annotations
 
 import os
-import sys
 from typing import List, Optional, Union
 
 import numpy as np
@@ -74,7 +73,3 @@ class MulModPreprocessor(DefaultPreprocessor):
                                        "use_mask_for_norm": [configuration_manager.use_mask_for_norm[c]]})
         return DefaultPreprocessor._normalize(self, data[c:c + 1].copy(), seg, single, {"0": properties[str(c)]})
 
-
-# The start-up hook registers this class when nnU-Net's default_preprocessor module loads; when this module is
-# imported first (and so is still loading at that moment) it registers itself here.
-setattr(sys.modules[DefaultPreprocessor.__module__], MulModPreprocessor.__name__, MulModPreprocessor)

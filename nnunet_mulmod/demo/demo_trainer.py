@@ -20,7 +20,7 @@ What differs from nnUNetTrainerMulModSeg, and why
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from nnunet_mulmod.demo.run_demo import DEFAULT_EPOCHS, DEMO_ITERATIONS, DEMO_VAL_ITERATIONS
-from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg
+from nnunet_mulmod.training.mulmodseg import nnUNetTrainerMulModSeg
 from nnunet_mulmod.training.schedules import with_schedule
 
 

@@ -36,8 +36,10 @@ def predict_with_modalities(model_folder: str, input_folder_or_files, output_fol
     from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_mulmod.training.mulmodseg_trainer import PLANS_KEY
+    from nnunet_mulmod.nnunet_integration import install
+    from nnunet_mulmod.training.mulmodseg import PLANS_KEY
 
+    install()  # normalizers, preprocessor, predictor hook (also reached via build_network_architecture)
     # everything the user can get wrong is checked from the model folder's json files, before the model loads
     plans_file, dataset_json_file = join(model_folder, "plans.json"), join(model_folder, "dataset.json")
     if not isfile(plans_file) or not isfile(dataset_json_file):

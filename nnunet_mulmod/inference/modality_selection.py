@@ -10,8 +10,9 @@ Per case, the first that applies:
 the paper's Table 7.
 
 nnU-Net's predictor gives the network image patches only, never the case's name. So that every way of
-predicting follows the same order, importing this module (nnU-Net imports it while looking up a MulModSeg
-trainer) wraps the ``nnUNetPredictor`` methods a case passes through:
+predicting follows the same order, the predictor hook (installed by ``nnunet_mulmod.nnunet_integration.install``,
+which MulModSeg's ``build_network_architecture`` calls, so plain ``nnUNetv2_predict`` gets it too) wraps the
+``nnUNetPredictor`` methods a case passes through, calling the functions below:
 ``predict_logits_from_preprocessed_data``, which every path calls once per case, selects the case's modality
 on the network, predicts, logs the choice (``[nnunet-mulmod] CASE: modality MR (source)``) and clears it; the
 case's name comes from the path that knows it: ``predict_from_data_iterator`` (``nnUNetv2_predict``,
@@ -23,21 +24,17 @@ networks pass through untouched.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections import deque
+from contextlib import contextmanager
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunet_mulmod.modality import CASE_MODALITIES_KEY, ModalityError
 from nnunet_mulmod.modeling.mulmodseg_net import MulModSegNet
-
-
-def _unwrap(network):
-    from nnunet_mulmod.training.mulmodseg_trainer import unwrap_network
-    return unwrap_network(network)
+from nnunet_mulmod.training.unwrap import unwrap_network as _unwrap
 
 
 AUTO = "auto"
@@ -96,12 +93,12 @@ def case_id_from_input_files(files, file_ending: str) -> Optional[str]:
     return os.path.basename(files[0])[:-(len(file_ending) + 5)]
 
 
-def _mulmod_network(predictor: nnUNetPredictor) -> Optional[MulModSegNet]:
+def mulmod_network(predictor: nnUNetPredictor) -> Optional[MulModSegNet]:
     network = _unwrap(predictor.network) if getattr(predictor, "network", None) is not None else None
     return network if isinstance(network, MulModSegNet) else None
 
 
-def _pending_cases(predictor: nnUNetPredictor) -> deque:
+def pending_cases(predictor: nnUNetPredictor) -> deque:
     """Names of the cases about to be predicted, in order: each prediction path that knows them queues them here
     and ``predict_logits_from_preprocessed_data`` (which every path calls once per case) takes the next one."""
     if "_mulmod_pending_cases" not in predictor.__dict__:
@@ -109,9 +106,9 @@ def _pending_cases(predictor: nnUNetPredictor) -> deque:
     return predictor._mulmod_pending_cases
 
 
-def _predict_case_with_its_modality(predictor: nnUNetPredictor, network: MulModSegNet, predict, data):
+def predict_case_with_its_modality(predictor: nnUNetPredictor, network: MulModSegNet, predict, data):
     """Selects the case's modality on the network, predicts, logs the choice, and clears the selection."""
-    pending = _pending_cases(predictor)
+    pending = pending_cases(predictor)
     case_id = pending.popleft() if pending else None
     resolver = getattr(predictor, "mulmod_resolver", None) or CaseModalityResolver(
         network.modalities, predictor.dataset_json)
@@ -138,86 +135,44 @@ def _predict_case_with_its_modality(predictor: nnUNetPredictor, network: MulModS
         network.auto_votes = None
 
 
-def _queue_cases_of_data_iterator(predictor: nnUNetPredictor, data_iterator: Iterable):
+def queue_case(predictor: nnUNetPredictor, case_id: Optional[str]) -> None:
+    pending_cases(predictor).append(case_id)
+
+
+def queue_cases_of_data_iterator(predictor: nnUNetPredictor, data_iterator: Iterable):
     for item in data_iterator:
-        _pending_cases(predictor).append(case_id_from_output_file(item.get("ofile")))
+        queue_case(predictor, case_id_from_output_file(item.get("ofile")))
         yield item
 
 
-def install_predictor_hook() -> None:
-    """Wraps the nnUNetPredictor methods through which a case reaches the network (see module docstring)."""
-    if getattr(nnUNetPredictor.predict_logits_from_preprocessed_data, "_mulmod_hook", False):
-        return
-    original_logits = nnUNetPredictor.predict_logits_from_preprocessed_data
-    original_iterator = nnUNetPredictor.predict_from_data_iterator
-    original_sequential = nnUNetPredictor.predict_from_files_sequential
-    original_single = nnUNetPredictor.predict_single_npy_array
+def queue_cases_of_file_lists(predictor: nnUNetPredictor, inputs, outputs) -> None:
+    """The cases of ``_manage_input_and_output_lists``'s result, in its order (output names, else input names)."""
+    names = [case_id_from_output_file(o) for o in outputs] if outputs is not None else \
+        [case_id_from_input_files(files, predictor.dataset_json["file_ending"]) for files in inputs]
+    pending_cases(predictor).extend(names)
 
-    @functools.wraps(original_logits)
-    def predict_logits_from_preprocessed_data(self, data):
-        network = _mulmod_network(self)
-        if network is None:
-            return original_logits(self, data)
-        return _predict_case_with_its_modality(self, network, lambda d: original_logits(self, d), data)
 
-    @functools.wraps(original_iterator)
-    def predict_from_data_iterator(self, data_iterator, *args, **kwargs):
-        if _mulmod_network(self) is None:
-            return original_iterator(self, data_iterator, *args, **kwargs)
-        _pending_cases(self).clear()
-        try:
-            return original_iterator(self, _queue_cases_of_data_iterator(self, data_iterator), *args, **kwargs)
-        finally:
-            _pending_cases(self).clear()
+@contextmanager
+def pending_cases_cleared(predictor: nnUNetPredictor):
+    """No names left over from an earlier (failed) call, before and after one prediction call."""
+    pending_cases(predictor).clear()
+    try:
+        yield
+    finally:
+        pending_cases(predictor).clear()
 
-    @functools.wraps(original_sequential)
-    def predict_from_files_sequential(self, *args, **kwargs):
-        # nnUNetv2_predict -npp 0 -nps 0: one loop over the cases, no iterator; the case order is the one
-        # _manage_input_and_output_lists returns, so the names are queued from its result
-        if _mulmod_network(self) is None:
-            return original_sequential(self, *args, **kwargs)
-        manage = self._manage_input_and_output_lists
 
-        def manage_and_queue(*margs, **mkwargs):
-            inputs, outputs, segs = manage(*margs, **mkwargs)
-            names = [case_id_from_output_file(o) for o in outputs] if outputs is not None else \
-                [case_id_from_input_files(files, self.dataset_json["file_ending"]) for files in inputs]
-            _pending_cases(self).extend(names)
-            return inputs, outputs, segs
-
-        _pending_cases(self).clear()
-        self._manage_input_and_output_lists = manage_and_queue
-        try:
-            return original_sequential(self, *args, **kwargs)
-        finally:
-            del self._manage_input_and_output_lists
-            _pending_cases(self).clear()
-
-    @functools.wraps(original_single)
-    def predict_single_npy_array(self, input_image, image_properties, segmentation_previous_stage=None,
-                                 output_file_truncated=None, *args, **kwargs):
-        if _mulmod_network(self) is None:
-            return original_single(self, input_image, image_properties, segmentation_previous_stage,
-                                   output_file_truncated, *args, **kwargs)
-        _pending_cases(self).clear()
-        _pending_cases(self).append(case_id_from_output_file(output_file_truncated))
-        try:
-            return original_single(self, input_image, image_properties, segmentation_previous_stage,
-                                   output_file_truncated, *args, **kwargs)
-        finally:
-            _pending_cases(self).clear()
-
-    for wrapper in (predict_logits_from_preprocessed_data, predict_from_data_iterator, predict_from_files_sequential,
-                    predict_single_npy_array):
-        wrapper._mulmod_hook = True
-        setattr(nnUNetPredictor, wrapper.__name__, wrapper)
+_queue_cases_of_data_iterator = queue_cases_of_data_iterator  # the name tests/test_compile.py imports
 
 
 def set_prediction_modality(predictor: nnUNetPredictor, modality: Optional[str] = None,
                             modality_map: Optional[Mapping[str, str]] = None, wrong_prompt: bool = False) -> None:
     """For Python users of nnUNetPredictor (any of its prediction methods): the modality of every case, or per
     case id, for a MulModSeg model loaded into ``predictor``. Unknown names are refused here, before predicting."""
-    network = _mulmod_network(predictor)
+    from nnunet_mulmod.nnunet_integration import install
+
+    install()  # the predictor hook that applies the choice (idempotent)
+    network = mulmod_network(predictor)
     if network is None:
         raise ModalityError("set_prediction_modality needs a predictor with a MulModSeg model loaded "
                             "(initialize_from_trained_model_folder first).")
@@ -235,6 +190,3 @@ def load_modality_map(path: str) -> Dict[str, str]:
     if not isinstance(mapping, dict):
         raise ModalityError(f"Modality map {path} must be a JSON object {{case_id: modality}}.")
     return {str(k): str(v) for k, v in mapping.items()}
-
-
-install_predictor_hook()

@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nnunet_mulmod.modeling.modality_classifier import ModalityClassifier
 

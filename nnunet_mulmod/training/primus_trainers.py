@@ -15,7 +15,8 @@ modeling/primus_net.py. Another size is one more class of the same two bases (e.
 """
 from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import nnUNet_Primus_M_Trainer
 
-from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerALT, nnUNetTrainerMulModSeg
+from nnunet_mulmod.training.alt import nnUNetTrainerALT
+from nnunet_mulmod.training.mulmodseg import nnUNetTrainerMulModSeg
 
 
 class nnUNetTrainerMulModSegPrimus(nnUNetTrainerMulModSeg, nnUNet_Primus_M_Trainer):

@@ -23,6 +23,7 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mulmod import nnunet_integration
 from nnunet_mulmod.modality import class_names as dataset_class_names, get_channel_modalities
 from nnunet_mulmod.training.schedules import with_schedule
 from nnunet_mulmod.training.unwrap import unwrap_network
@@ -52,6 +53,7 @@ class nnUNetTrainerZeus(nnUNetTrainer):
         self._zeus_rows = None
 
     def initialize(self):
+        nnunet_integration.install()  # our normalizers (channel modalities may be CT_or_MR) and hooks, checked
         if not self.was_initialized:
             self._write_zeus_spec()
         super().initialize()

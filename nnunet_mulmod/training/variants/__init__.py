@@ -1,2 +1,7 @@
-"""Variants of nnUNetTrainerMulModSeg that change one thing, for the recipe study (benchmarks/bench_real_data.py,
-README "Does it help?"), in the style of nnU-Net's own training/nnUNetTrainer/variants/."""
+"""Variants of our trainers that change one thing, laid out as nnU-Net's own training/nnUNetTrainer/variants/:
+
+    ablations.py        nnUNetTrainerMulModSegNoALT, nnUNetTrainerMulModSegOneHot (the paper's Tables 1 and 6)
+    single_modality.py  nnUNetTrainerCTOnly, nnUNetTrainerMROnly (nnU-Net on one modality, Table 2)
+    controller.py       nnUNetTrainerMulModSegV1Controller (the recipe study: benchmarks/bench_real_data.py,
+                        README "Does it help?")
+"""

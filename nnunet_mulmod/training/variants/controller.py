@@ -1,5 +1,5 @@
 """How the controller that generates the dynamic head is parametrised and initialised."""
-from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSeg
+from nnunet_mulmod.training.mulmodseg import nnUNetTrainerMulModSeg
 
 
 class nnUNetTrainerMulModSegV1Controller(nnUNetTrainerMulModSeg):

@@ -1,0 +1,16 @@
+"""Ablations of nnUNetTrainerMulModSeg (the paper's Tables 1 and 6): each changes one thing."""
+from nnunet_mulmod.text.table import one_hot_table
+from nnunet_mulmod.training.mulmodseg import nnUNetTrainerMulModSeg
+
+
+class nnUNetTrainerMulModSegNoALT(nnUNetTrainerMulModSeg):
+    """Text-conditioned head trained on mixed-modality batches (nnU-Net's sampling): Table 6's 'text w/o ALT'."""
+
+    alternate_modalities = False
+
+
+class nnUNetTrainerMulModSegOneHot(nnUNetTrainerMulModSeg):
+    """One-hot codes (class one-hot + modality one-hot) instead of text embeddings: Table 1's 'one-hot'."""
+
+    def load_text_table(self, plans: dict, configuration: str, dataset_json: dict):
+        return one_hot_table(dataset_json), "one-hot codes"
