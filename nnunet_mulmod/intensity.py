@@ -140,8 +140,8 @@ NORMALIZATION_CLASSES = (MulModIntensityNormalization, MulModCodeIntensityNormal
 def on_nnunet_module_imported(module) -> None:
     """Adds our classes to one of nnU-Net's lookup modules. Called by the start-up hook right after nnU-Net
     executed the module, and below for modules loaded before this one. Import cycles (this module or
-    plans_extensions.mulmod_preprocessor being imported while nnU-Net's module loads) are resolved by whichever
-    side finishes last: each registers with what is already there."""
+    nnunet_mulmod.plans_extensions.mulmod_preprocessor being imported while nnU-Net's module loads) are resolved by
+    whichever side finishes last: each registers with what is already there."""
     name = module.__name__
     if name.endswith("normalization.default_normalization_schemes"):
         for cls in NORMALIZATION_CLASSES:
@@ -152,11 +152,11 @@ def on_nnunet_module_imported(module) -> None:
             for key, cls in CHANNEL_NAME_TO_NORMALIZATION.items():
                 mapping.setdefault(key, cls)
     elif name.endswith("preprocessors.default_preprocessor"):
-        pending = sys.modules.get("plans_extensions.mulmod_preprocessor")
+        pending = sys.modules.get("nnunet_mulmod.plans_extensions.mulmod_preprocessor")
         if pending is not None and not hasattr(pending, "MulModPreprocessor"):
             return  # being imported right now; it registers itself when done
         if hasattr(module, "DefaultPreprocessor"):
-            from plans_extensions.mulmod_preprocessor import MulModPreprocessor
+            from nnunet_mulmod.plans_extensions.mulmod_preprocessor import MulModPreprocessor
             setattr(module, MulModPreprocessor.__name__, MulModPreprocessor)
 
 
