@@ -24,6 +24,10 @@ SUBPACKAGE_FOLDERS = ("evaluation", "dataset_conversion", "plans_extensions")
 
 class BuildPyWithPth(build_py):
     def run(self):
+        # a build folder left by an install made before the namespaced layout holds top-level copies of the
+        # folders: the wheel packs all of build_lib, so drop them
+        for folder in SUBPACKAGE_FOLDERS:
+            shutil.rmtree(os.path.join(self.build_lib, folder), ignore_errors=True)
         super().run()
         shutil.copy(os.path.join(HERE, PTH_FILE), os.path.join(self.build_lib, PTH_FILE))
 
