@@ -16,10 +16,18 @@ from setuptools.command.editable_wheel import editable_wheel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PTH_FILE = "nnunet_mulmod.pth"
+# Folders at the repository root installed as subpackages of nnunet_mulmod (nnunet_mulmod.evaluation, ...), in
+# regular and editable installs: as top-level packages any other distribution or working folder of that name
+# (``evaluation/`` is common) would shadow or overwrite them.
+SUBPACKAGE_FOLDERS = ("evaluation", "dataset_conversion", "plans_extensions")
 
 
 class BuildPyWithPth(build_py):
     def run(self):
+        # a build folder left by an install made before the namespaced layout holds top-level copies of the
+        # folders: the wheel packs all of build_lib, so drop them
+        for folder in SUBPACKAGE_FOLDERS:
+            shutil.rmtree(os.path.join(self.build_lib, folder), ignore_errors=True)
         super().run()
         shutil.copy(os.path.join(HERE, PTH_FILE), os.path.join(self.build_lib, PTH_FILE))
 
@@ -38,9 +46,9 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nnunet_mulmod", "nnunet_mulmod.*", "plans_extensions",
-                                    "plans_extensions.*", "dataset_conversion", "dataset_conversion.*",
-                                    "evaluation", "evaluation.*"]),
+    packages=find_packages(include=["nnunet_mulmod", "nnunet_mulmod.*"]) + [
+        f"nnunet_mulmod.{p}" for folder in SUBPACKAGE_FOLDERS for p in find_packages(include=[folder, f"{folder}.*"])],
+    package_dir={f"nnunet_mulmod.{folder}": folder for folder in SUBPACKAGE_FOLDERS},
     install_requires=[
         "torch>=2.1",
         "nnunetv2==2.8.1",
@@ -66,18 +74,18 @@ setup(
             "nnunet_mulmod_build_text_table=nnunet_mulmod.text.cli:main",
             "nnunet_mulmod_predict=nnunet_mulmod.inference.cli:main",
             "nnunet_mulmod_demo=nnunet_mulmod.demo.run_demo:main",
-            "nnunet_mulmod_convert_amos=dataset_conversion.amos:entry_point",
-            "nnunet_mulmod_convert_mmwhs=dataset_conversion.mmwhs:entry_point",
-            "nnunet_mulmod_convert_chaos=dataset_conversion.chaos:entry_point",
-            "nnunet_mulmod_convert_msd=dataset_conversion.msd:entry_point",
-            "nnunet_mulmod_convert_own_data=dataset_conversion.own_data:entry_point",
-            "nnunet_mulmod_plans_variant=plans_extensions.plans_variant:main",
-            "nnunet_mulmod_evaluate=evaluation.evaluate_folder:main",
-            "nnunet_mulmod_report=evaluation.report:main",
-            "nnunet_mulmod_compare=evaluation.compare:main",
+            "nnunet_mulmod_convert_amos=nnunet_mulmod.dataset_conversion.amos:entry_point",
+            "nnunet_mulmod_convert_mmwhs=nnunet_mulmod.dataset_conversion.mmwhs:entry_point",
+            "nnunet_mulmod_convert_chaos=nnunet_mulmod.dataset_conversion.chaos:entry_point",
+            "nnunet_mulmod_convert_msd=nnunet_mulmod.dataset_conversion.msd:entry_point",
+            "nnunet_mulmod_convert_own_data=nnunet_mulmod.dataset_conversion.own_data:entry_point",
+            "nnunet_mulmod_plans_variant=nnunet_mulmod.plans_extensions.plans_variant:main",
+            "nnunet_mulmod_evaluate=nnunet_mulmod.evaluation.evaluate_folder:main",
+            "nnunet_mulmod_report=nnunet_mulmod.evaluation.report:main",
+            "nnunet_mulmod_compare=nnunet_mulmod.evaluation.compare:main",
             "nnunet_mulmod_zeus_instructions=nnunet_mulmod.zeus.instructions:main",
             "nnunet_mulmod_zeus_embed=nnunet_mulmod.zeus.instruction_table:main",
-            "nnunet_mulmod_experiment=evaluation.experiments:main",
+            "nnunet_mulmod_experiment=nnunet_mulmod.evaluation.experiments:main",
         ],
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},

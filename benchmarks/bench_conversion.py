@@ -54,7 +54,7 @@ def time_baseline(files, out_folder: str) -> float:
 
 
 def time_conversion(source: str, raw: str, organs: int) -> float:
-    from dataset_conversion.amos import convert_amos
+    from nnunet_mulmod.dataset_conversion.amos import convert_amos
     start = time.perf_counter()
     convert_amos(source, 999, "Bench", organs=organs, num_processes=1, overwrite=True)
     return time.perf_counter() - start
@@ -69,7 +69,7 @@ def time_chaos(tmp: str, repeats: int):
     writes, against the CHAOS converter (header checks, position ordering, mask pairing)."""
     if not os.path.isdir(CHAOS_SAMPLE):
         return None
-    from dataset_conversion.chaos import convert_chaos
+    from nnunet_mulmod.dataset_conversion.chaos import convert_chaos
     train = os.path.join(tmp, "chaos", "Train_Sets", "CT")
     os.makedirs(train)
     os.symlink(os.path.abspath(CHAOS_SAMPLE), os.path.join(train, "1"))

@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from evaluation.evaluate_folder import evaluate_case, evaluate_folder, labels_from_dataset_json, load_dataset_json
+    from nnunet_mulmod.evaluation.evaluate_folder import (evaluate_case, evaluate_folder, labels_from_dataset_json,
+                                                          load_dataset_json)
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     from synthetic import make_synthetic_dataset  # the tests' data writer (not part of the package)
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics, compute_metrics_on_folder

@@ -20,7 +20,7 @@ output is already there (run the same command again to continue after an interru
    nnU-Net's own final validation predicts the fold's validation cases (sliding window, mirroring on);
 6. Dice per case, organ and modality of those predictions (``nnunet_mulmod.evaluation``-style summary.json per
    run), the paired per-case comparison of every trainer against ``nnUNetTrainer`` (Wilcoxon signed-rank,
-   ``evaluation.compare``), automatic modality detection of every MulModSeg run on its validation cases
+   ``nnunet_mulmod.evaluation.compare``), automatic modality detection of every MulModSeg run on its validation cases
    (``nnunet_mulmod_predict --modality auto``), the wall time and step time of each run, and one figure of
    validation pseudo Dice against optimizer steps for all runs.
 
@@ -308,8 +308,8 @@ class RealDataBenchmark:
 
     def evaluate(self) -> dict:
         import pandas as pd
-        from evaluation.compare import compare_frames, evaluate_input
-        from evaluation.tables import AVG
+        from nnunet_mulmod.evaluation.compare import compare_frames, evaluate_input
+        from nnunet_mulmod.evaluation.tables import AVG
 
         dataset_json = self.dataset_json
         reference = os.path.join(self.preprocessed, DATASET, "gt_segmentations")

@@ -19,7 +19,8 @@ unlabelled test images in imagesTs. ``balanced``, ``2to1`` and ``3to1`` are the 
 1x/2x/3x as many CT training cases (imagesTr), drawn reproducibly from ``--seed``; the official unlabelled
 test images are left out so that imagesTs is exactly the evaluation set.
 
-Usage: ``nnunet_mulmod_convert_amos -i ~/data/amos22 -d 501`` (or ``python -m dataset_conversion.amos ...``).
+Usage: ``nnunet_mulmod_convert_amos -i ~/data/amos22 -d 501`` (or
+``python -m nnunet_mulmod.dataset_conversion.amos ...``).
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       convert_nifti_case, dataset_path, dataset_writer, list_images, main_wrapper,
-                                       mixed_channel_name, run_jobs, strip_ending, write_dataset_json)
+from .common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
+                     convert_nifti_case, dataset_path, dataset_writer, list_images, main_wrapper,
+                     mixed_channel_name, run_jobs, strip_ending, write_dataset_json)
 
 AMOS_LABELS = {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder",
                5: "esophagus", 6: "liver", 7: "stomach", 8: "aorta", 9: "postcava", 10: "pancreas",

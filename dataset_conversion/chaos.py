@@ -43,9 +43,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       dataset_path, dataset_writer, main_wrapper, mixed_channel_name, run_jobs,
-                                       write_dataset_json, write_image, write_splits)
+from .common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
+                     dataset_path, dataset_writer, main_wrapper, mixed_channel_name, run_jobs,
+                     write_dataset_json, write_image, write_splits)
 
 MR_GREY_RANGES = ((55, 70, 1), (110, 135, 2), (175, 200, 3), (240, 255, 4))  # (low, high, organ id)
 ORGANS = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}

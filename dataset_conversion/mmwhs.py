@@ -30,9 +30,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       convert_nifti_case, dataset_path, dataset_writer, list_images, main_wrapper,
-                                       mixed_channel_name, run_jobs, write_dataset_json, write_splits)
+from .common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
+                     convert_nifti_case, dataset_path, dataset_writer, list_images, main_wrapper,
+                     mixed_channel_name, run_jobs, write_dataset_json, write_splits)
 
 # source value -> (target id, name), in the paper's order
 MMWHS_LABELS = {205: (1, "myocardium"), 420: (2, "left_atrium"), 421: (2, "left_atrium"),

@@ -25,10 +25,10 @@ from typing import List, Optional
 
 import SimpleITK as sitk
 
-from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, check_label_values,
-                                       check_same_geometry, copy_or_write, dataset_path, dataset_writer,
-                                       label_array_and_values, list_images, main_wrapper, read_image, remap_labels,
-                                       run_jobs, strip_ending, write_dataset_json, write_image)
+from .common import (ConversionError, FILE_ENDING, add_common_arguments, check_label_values,
+                     check_same_geometry, copy_or_write, dataset_path, dataset_writer,
+                     label_array_and_values, list_images, main_wrapper, read_image, remap_labels,
+                     run_jobs, strip_ending, write_dataset_json, write_image)
 
 # MSD spells some channels in lower case; the modality tags use the usual spelling
 CHANNEL_SPELLING = {"t1gd": "T1gd", "flair": "FLAIR", "t1w": "T1w", "t2w": "T2w", "adc": "ADC", "t2": "T2"}

@@ -31,10 +31,10 @@ import json
 import os
 from typing import Dict, List, Optional, Tuple
 
-from dataset_conversion.common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
-                                       check_same_geometry, copy_or_write, dataset_path, dataset_writer,
-                                       label_array_and_values, main_wrapper, mixed_channel_name, read_image,
-                                       remap_labels, run_jobs, strip_ending, write_dataset_json, write_image)
+from .common import (ConversionError, FILE_ENDING, add_common_arguments, add_intensity_argument,
+                     check_same_geometry, copy_or_write, dataset_path, dataset_writer,
+                     label_array_and_values, main_wrapper, mixed_channel_name, read_image,
+                     remap_labels, run_jobs, strip_ending, write_dataset_json, write_image)
 from nnunet_mulmod.modality import ModalityError, validate_modality_name
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")

@@ -1,14 +1,15 @@
-"""Evaluation per case, class and modality; reports; paired model comparison (docs/evaluation.md).
+"""``nnunet_mulmod.evaluation`` (the repository's evaluation/ folder): evaluation per case, class and modality;
+reports; paired model comparison (docs/evaluation.md).
 
-- ``evaluation.metrics``: Dice, IoU, RVD, HD95, ASSD for one case (numpy/scipy only).
-- ``evaluation.evaluate_folder.evaluate_folder``: a prediction folder -> nnU-Net-compatible summary.json with a
+- ``metrics``: Dice, IoU, RVD, HD95, ASSD for one case (numpy/scipy only).
+- ``evaluate_folder.evaluate_folder``: a prediction folder -> nnU-Net-compatible summary.json with a
   per-modality section (CLI ``nnunet_mulmod_evaluate``).
-- ``evaluation.report.write_report``: a results folder of summary.json files -> Markdown/CSV/LaTeX tables
-  (``evaluation.tables``) and PNG figures (``evaluation.figures``, also the demo's) (CLI ``nnunet_mulmod_report``).
-- ``evaluation.experiments``: the papers' comparisons as one resumable command (``nnunet_mulmod_experiment``); its
+- ``report.write_report``: a results folder of summary.json files -> Markdown/CSV/LaTeX tables
+  (``tables``) and PNG figures (``figures``, also the demo's) (CLI ``nnunet_mulmod_report``).
+- ``experiments``: the papers' comparisons as one resumable command (``nnunet_mulmod_experiment``); its
   rows in ``experiment_settings``, state file in ``experiment_state``, paths and test cases in ``experiment_paths``,
-  parameter counts in ``parameter_count``.
-- ``evaluation.compare.compare_models``: paired per-case differences and Wilcoxon tests between models
+  parameter counts in ``parameter_count``
+- ``compare.compare_models``: paired per-case differences and Wilcoxon tests between models
   (CLI ``nnunet_mulmod_compare``).
 
 Submodules are not imported here: worker processes import only what they need (metrics stays free of pandas,

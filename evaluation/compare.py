@@ -10,7 +10,7 @@ Inputs can be any mix of
 Every input is compared with the baseline (default: the first) case by case, per modality and per class and
 for the per-case mean over classes ("Avg"). Python API::
 
-    from evaluation.compare import compare_models
+    from nnunet_mulmod.evaluation.compare import compare_models
     result = compare_models({"nnU-Net": "pred_nnunet", "MulModSeg": "pred_mulmodseg"}, "labelsTs",
                             "dataset.json", output_folder="comparison")
     result["statistics"]   # DataFrame, one row per model x modality x class x metric
@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from evaluation.evaluate_folder import (DEFAULT_NUM_PROCESSES, EvaluationError, check_same_dataset, evaluate_folder,
-                                        load_dataset_json)
-from evaluation.metrics import HIGHER_IS_BETTER, SURFACE_METRICS
-from evaluation.tables import AVG, PERCENT_METRICS, modality_order, summary_to_frame
+from .evaluate_folder import (DEFAULT_NUM_PROCESSES, EvaluationError, check_same_dataset, evaluate_folder,
+                              load_dataset_json)
+from .metrics import HIGHER_IS_BETTER, SURFACE_METRICS
+from .tables import AVG, PERCENT_METRICS, modality_order, summary_to_frame
 
 ALL_MODALITIES = "all"
 _FOLD_PATTERN = re.compile(r"^fold_(\d+|all)$")
@@ -68,9 +68,9 @@ def input_dataset_json(path: str) -> Optional[dict]:
 def evaluate_input(name: str, path: str, reference_folder: Optional[str], dataset_json: Mapping,
                    output_folder: str, num_processes: int = DEFAULT_NUM_PROCESSES, surface_metrics: bool = True,
                    missing: str = "error") -> pd.DataFrame:
-    """Per-case metrics of one input as a long DataFrame (evaluation.report.summary_to_frame's columns); the
-    summaries it computes go to output_folder/summaries/<name>/fold_<k>/summary.json (a results folder that
-    nnunet_mulmod_report reads)."""
+    """Per-case metrics of one input as a long DataFrame (nnunet_mulmod.evaluation.tables.summary_to_frame's
+    columns); the summaries it computes go to output_folder/summaries/<name>/fold_<k>/summary.json (a results folder
+    that nnunet_mulmod_report reads)."""
     if os.path.isfile(path):
         with open(path) as f:
             return summary_to_frame(json.load(f), name, "0", dataset_json)

@@ -7,7 +7,7 @@ with extra per-label metrics (RVD, HD95, ASSD), a modality per case, a ``per_mod
 
 Python API::
 
-    from evaluation.evaluate_folder import evaluate_folder
+    from nnunet_mulmod.evaluation.evaluate_folder import evaluate_folder
     summary = evaluate_folder("labelsTs", "predictions", "dataset.json", num_processes=4)
     summary["per_modality"]["MR"]["foreground_mean"]["Dice"]
 
@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.metrics import (LabelOrRegion, LabelValueError, as_label_map, compute_case_metrics)
+from .metrics import (LabelOrRegion, LabelValueError, as_label_map, compute_case_metrics)
 from nnunet_mulmod.modality import lookup_case_modality
 
 # nnU-Net's default (8, or the nnUNet_def_n_proc environment variable), without importing nnunetv2.configuration

@@ -5,7 +5,7 @@ import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from evaluation.experiment_state import ExperimentError
+from .experiment_state import ExperimentError
 
 
 def env_folder(name: str) -> str:

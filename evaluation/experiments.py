@@ -8,7 +8,7 @@
 For every setting (row) of the table: train with ``nnUNetv2_train`` (reused when checkpoint_final.pth exists,
 continued with ``--c`` when only checkpoint_latest.pth does), predict the test cases (``nnUNetv2_predict``, or
 ``nnunet_mulmod_predict`` with each case's modality for prompted models), evaluate into
-``<OUT>/<setting>/fold_<k>/summary.json`` and write the table with ``evaluation.report.write_report``.
+``<OUT>/<setting>/fold_<k>/summary.json`` and write the table with ``nnunet_mulmod.evaluation.report.write_report``.
 
 ``<OUT>/experiment_state.json`` records the finished steps; a re-run skips them and redoes a step that was
 interrupted (its outputs are removed first). Logs of every subprocess are in ``<OUT>/logs``.
@@ -25,11 +25,11 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from evaluation.experiment_paths import dataset_name, env_folder, model_folder, test_case_ids, test_modalities
-from evaluation.experiment_settings import (EXPERIMENTS, TEXT_TABLE_TRAINERS, ZEUS_TRAINERS, Experiment, Setting,
-                                            TextTableSpec, make_experiment, parse_text_model, trainer_configs)
-from evaluation.experiment_state import ExperimentError, ExperimentState
-from evaluation.parameter_count import count_parameters
+from .experiment_paths import dataset_name, env_folder, model_folder, test_case_ids, test_modalities
+from .experiment_settings import (EXPERIMENTS, TEXT_TABLE_TRAINERS, ZEUS_TRAINERS, Experiment, Setting,
+                                  TextTableSpec, make_experiment, parse_text_model, trainer_configs)
+from .experiment_state import ExperimentError, ExperimentState
+from .parameter_count import count_parameters
 from nnunet_mulmod.command_runner import CommandFailed, format_command, print_epoch_lines, run_logged
 
 TRAINER_FOLDER = "experiment_trainers"
@@ -309,7 +309,7 @@ class ExperimentRunner:
         self.progress(f"evaluate {s.id} fold {fold} -> {summary}")
         if self.dry_run:
             return
-        from evaluation.evaluate_folder import EvaluationError, evaluate_folder
+        from .evaluate_folder import EvaluationError, evaluate_folder
         self.state.mark(key, "started")
         if os.path.isfile(summary):
             os.remove(summary)
@@ -347,15 +347,15 @@ class ExperimentRunner:
         return rows
 
     def report(self) -> Dict[str, str]:
-        from evaluation.report import write_report
-        from evaluation.tables import REPORT_SETTINGS_FILE
+        from .report import write_report
+        from .tables import REPORT_SETTINGS_FILE
         self.progress(f"report -> {os.path.join(self.output, 'report')}")
         if self.dry_run:
             return {}
         with open(os.path.join(self.output, REPORT_SETTINGS_FILE), "w") as f:
             json.dump({"title": f"{self.experiment.title} ({self.dataset}, {self.configuration})",
                        "settings": [{"name": s.name, "path": s.id} for s in self.experiment.settings]}, f, indent=2)
-        from evaluation.evaluate_folder import EvaluationError
+        from .evaluate_folder import EvaluationError
         report_folder = os.path.join(self.output, "report")
         try:
             paths = write_report(self.output, report_folder, metrics=self.metrics, dataset_json=self.eval_dataset_json,

@@ -12,8 +12,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from evaluation.evaluate_folder import EvaluationError
-from evaluation.tables import PERCENT_METRICS, case_means, display_scale, display_unit, modality_order, wide_table
+from .evaluate_folder import EvaluationError
+from .tables import PERCENT_METRICS, case_means, display_scale, display_unit, modality_order, wide_table
 from nnunet_mulmod.modality import modality_family
 
 # The CT display window in HU: abdominal soft tissue, width 400 HU, level 40 HU (-160..240), the usual radiology
@@ -161,7 +161,7 @@ def plot_qualitative(df: pd.DataFrame, image_folder: str, dataset_json: Mapping,
     """MulModSeg Figure 2: per case (one row; default one per modality) the image, the ground truth and each
     setting's prediction on the same axial slice (the one with most reference foreground), labels as colour
     overlays, with the case's class-averaged Dice written on each prediction."""
-    from evaluation.evaluate_folder import reader_writer_for
+    from .evaluate_folder import reader_writer_for
     plt = _pyplot()
     file_ending = dataset_json["file_ending"]
     label_values = [int(v) for k, v in dataset_json["labels"].items() if k != "ignore" and not isinstance(v, list)]

@@ -12,7 +12,7 @@ An optional ``<results>/report_settings.json`` fixes the row order and display n
 
 Python API::
 
-    from evaluation.report import write_report
+    from nnunet_mulmod.evaluation.report import write_report
     paths = write_report("experiments/table2", metrics=("Dice", "HD95"), image_folder="imagesTs")
 
 Tables (evaluation/tables.py): rows = settings, columns = classes per modality + Avg; each cell is the mean over folds of the
@@ -29,10 +29,10 @@ from typing import Dict, Optional, Sequence
 
 import pandas as pd
 
-from evaluation.evaluate_folder import EvaluationError, load_dataset_json
-from evaluation.figures import plot_class_bars, plot_modality_boxes, plot_qualitative
-from evaluation.tables import (find_summaries, fold_statistics, latex_table, load_case_metrics, markdown_tables,
-                               nearest_dataset_json, read_report_settings)
+from .evaluate_folder import EvaluationError, load_dataset_json
+from .figures import plot_class_bars, plot_modality_boxes, plot_qualitative
+from .tables import (find_summaries, fold_statistics, latex_table, load_case_metrics, markdown_tables,
+                     nearest_dataset_json, read_report_settings)
 
 
 def write_report(results_folder: str, output_folder: Optional[str] = None, metrics: Sequence[str] = ("Dice",),

@@ -16,8 +16,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from evaluation.evaluate_folder import EvaluationError, UNTAGGED_MODALITY, labels_from_dataset_json, load_dataset_json
-from evaluation.metrics import HIGHER_IS_BETTER
+from .evaluate_folder import EvaluationError, UNTAGGED_MODALITY, labels_from_dataset_json, load_dataset_json
+from .metrics import HIGHER_IS_BETTER
 from nnunet_mulmod.modality import lookup_case_modality, modality_family
 
 AVG = "Avg"

@@ -107,7 +107,7 @@ def get_modalities(dataset_json: Mapping) -> List[str]:
     if MODALITIES_KEY not in dataset_json:
         raise ModalityError(
             f"dataset.json has no '{MODALITIES_KEY}' list. nnunet-mulmod needs the modality vocabulary and a "
-            f"modality per case: convert the dataset with one of the dataset_conversion scripts, or add the keys "
+            f"modality per case: convert the dataset with one of the nnunet_mulmod_convert_* commands, or add the keys "
             f"yourself with nnunet_mulmod.modality.set_modalities (schema: nnunet_mulmod/modality.py, README).")
     modalities = list(dataset_json[MODALITIES_KEY])
     if not modalities:

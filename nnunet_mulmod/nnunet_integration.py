@@ -53,7 +53,7 @@ PATHS_MODULE = "nnunetv2.paths"
 
 # ours, registered into them (names, so that nothing is imported until nnU-Net asks)
 INTENSITY_MODULE = "nnunet_mulmod.intensity"
-MULMOD_PREPROCESSOR_MODULE = "plans_extensions.mulmod_preprocessor"
+MULMOD_PREPROCESSOR_MODULE = "nnunet_mulmod.plans_extensions.mulmod_preprocessor"
 NORMALIZER_NAMES = ("MulModIntensityNormalization", "MulModCodeIntensityNormalization")
 PREPROCESSOR_NAMES = ("MulModPreprocessor",)
 # channel name (nnU-Net matches case-insensitively) -> normalizer class name

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import (case_files, read_array, read_json, run_cli, shared_data, synthetic_pair,
                                  truncate, verify_with_nnunet, write_volume)
-from dataset_conversion.amos import AMOS_LABELS, main
-from dataset_conversion.common import ConversionError
+from nnunet_mulmod.dataset_conversion.amos import AMOS_LABELS, main
+from nnunet_mulmod.dataset_conversion.common import ConversionError
 
 CT_LABELLED = {"imagesTr": ["amos_0001", "amos_0013", "amos_0015"], "imagesVa": ["amos_0008", "amos_0020"]}
 MR_LABELLED = {"imagesTr": ["amos_0507", "amos_0540"], "imagesVa": ["amos_0508"]}

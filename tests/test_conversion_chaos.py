@@ -8,8 +8,8 @@ import SimpleITK as sitk
 
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import case_files, read_json, run_cli, shared_data, verify_with_nnunet
-from dataset_conversion.chaos import main
-from dataset_conversion.common import ConversionError
+from nnunet_mulmod.dataset_conversion.chaos import main
+from nnunet_mulmod.dataset_conversion.common import ConversionError
 
 SIZE, N_SLICES = 32, 8
 MR_GREY = {1: 63, 2: 126, 3: 189, 4: 252}  # liver, right kidney, left kidney, spleen as CHAOS draws them

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import read_json, run_cli, shared_data, write_volume
-from dataset_conversion.own_data import main as convert_own_data
+from nnunet_mulmod.dataset_conversion.own_data import main as convert_own_data
 
 SHAPE = (16, 20, 20)
 
@@ -119,7 +119,7 @@ def test_preprocessor_family_order(tiny_dataset, nnunet_env, monkeypatch):
     detection, the environment override first, and the plans' window; DefaultPreprocessor can only detect."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from plans_extensions.mulmod_preprocessor import MulModPreprocessor, case_id_from_image_file
+    from nnunet_mulmod.plans_extensions.mulmod_preprocessor import MulModPreprocessor, case_id_from_image_file
 
     assert case_id_from_image_file("/x/ct_soft_0000.nii.gz", ".nii.gz") == "ct_soft"
     raw = Path(nnunet_env["nnUNet_raw"]) / "Dataset520_Intensity"

@@ -6,8 +6,8 @@ import pytest
 
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import case_files, read_array, read_json, run_cli, verify_with_nnunet, write_volume
-from dataset_conversion.common import ConversionError
-from dataset_conversion.mmwhs import main
+from nnunet_mulmod.dataset_conversion.common import ConversionError
+from nnunet_mulmod.dataset_conversion.mmwhs import main
 
 CODES = (205, 420, 500, 550, 600, 820, 850)
 FLIPPED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)

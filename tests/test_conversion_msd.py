@@ -9,8 +9,8 @@ import SimpleITK as sitk
 
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import case_files, read_array, read_json, run_cli, verify_with_nnunet, write_volume
-from dataset_conversion.common import ConversionError
-from dataset_conversion.msd import main
+from nnunet_mulmod.dataset_conversion.common import ConversionError
+from nnunet_mulmod.dataset_conversion.msd import main
 
 TASKS = {
     "Task01_BrainTumour": ({"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import (case_files, read_array, read_json, run_cli, shared_data, synthetic_pair,
                                  verify_with_nnunet, write_volume)
-from dataset_conversion.common import ConversionError
-from dataset_conversion.own_data import main
+from nnunet_mulmod.dataset_conversion.common import ConversionError
+from nnunet_mulmod.dataset_conversion.own_data import main
 
 # TotalSegmentator ids differ between its CT ("total") and MR ("total_mr") tasks: aorta is 52 vs 23
 LABELS = {"CT": {"background": 0, "liver": 5, "aorta": 52, "spleen": 1},

@@ -48,7 +48,7 @@ def no_cuda(monkeypatch):
 
 
 def test_experiment_text_table_and_zeus_clis_refuse_cuda_without_writing(tmp_path, monkeypatch, capsys, no_cuda):
-    from evaluation.experiments import main as experiment_main
+    from nnunet_mulmod.evaluation.experiments import main as experiment_main
     from nnunet_mulmod.text.cli import main as table_main
     from nnunet_mulmod.zeus import instruction_table, instructions
 

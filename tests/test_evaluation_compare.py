@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.compare import compare_models, holm, main as compare_main
-from evaluation.evaluate_folder import EvaluationError
+from nnunet_mulmod.evaluation.compare import compare_models, holm, main as compare_main
+from nnunet_mulmod.evaluation.evaluate_folder import EvaluationError
 from synthetic import make_synthetic_dataset
 
 DATASET_JSON = {"labels": {"background": 0, "liver": 1, "spleen": 2}, "file_ending": ".nii.gz",

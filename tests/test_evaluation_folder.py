@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from evaluation.evaluate_folder import EvaluationError, evaluate_folder, main as evaluate_main
+from nnunet_mulmod.evaluation.evaluate_folder import EvaluationError, evaluate_folder, main as evaluate_main
 from synthetic import make_synthetic_dataset, write_image
 
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")

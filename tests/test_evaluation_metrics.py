@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from evaluation.metrics import (LabelValueError, as_label_map, compute_case_metrics, confusion_matrix,
+from nnunet_mulmod.evaluation.metrics import (LabelValueError, as_label_map, compute_case_metrics, confusion_matrix,
                                 counts_from_confusion, surface_distances, surface_metrics)
 
 

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from evaluation.evaluate_folder import evaluate_folder
-from evaluation.report import main as report_main
-from evaluation.tables import load_case_metrics
+from nnunet_mulmod.evaluation.evaluate_folder import evaluate_folder
+from nnunet_mulmod.evaluation.report import main as report_main
+from nnunet_mulmod.evaluation.tables import load_case_metrics
 from synthetic import make_synthetic_dataset
 
 
@@ -110,13 +110,13 @@ def test_results_of_another_dataset_in_the_same_folder_are_named(results, tmp_pa
     json.dump(summary, open(summary_file, "w", encoding="utf-8"))
     assert report_main([str(folder), "-o", str(tmp_path / "o")]) == 1
     # the CLI names the settings and their label sets
-    from evaluation.evaluate_folder import EvaluationError
+    from nnunet_mulmod.evaluation.evaluate_folder import EvaluationError
     with pytest.raises(EvaluationError, match="different label sets.*tumour"):
         load_case_metrics(str(folder))
 
 
 def test_display_orientation_flips_ras_stored_images_to_the_radiological_view():
-    from evaluation.figures import _display_orientation
+    from nnunet_mulmod.evaluation.figures import _display_orientation
     a = np.arange(6).reshape(2, 3)
     ras = {"sitk_stuff": {"direction": (-1, 0, 0, 0, -1, 0, 0, 0, 1)}}  # a NIfTI stored RAS, as SimpleITK reads it
     lps = {"sitk_stuff": {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}}
@@ -128,7 +128,7 @@ def test_display_orientation_flips_ras_stored_images_to_the_radiological_view():
 def test_demo_draws_its_figures_with_the_report_figure_code(results, tmp_path):
     """One figures module: the demo's overlay is the report's qualitative figure; one CT window."""
     import torch
-    from evaluation.figures import (CT_SOFT_TISSUE_WINDOW, display_window, loss_curves_from_checkpoint,
+    from nnunet_mulmod.evaluation.figures import (CT_SOFT_TISSUE_WINDOW, display_window, loss_curves_from_checkpoint,
                                     plot_training_curves)
     from nnunet_mulmod.demo.run_demo import make_overlay
 

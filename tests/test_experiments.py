@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from synthetic import write_dataset  # noqa: E402
 
-from evaluation.experiment_settings import make_experiment, trainer_configs  # noqa: E402
-from evaluation.experiment_state import STATE_FILE  # noqa: E402
-from evaluation.experiments import main  # noqa: E402
+from nnunet_mulmod.evaluation.experiment_settings import make_experiment, trainer_configs  # noqa: E402
+from nnunet_mulmod.evaluation.experiment_state import STATE_FILE  # noqa: E402
+from nnunet_mulmod.evaluation.experiments import main  # noqa: E402
 from nnunet_mulmod.command_runner import find_command  # noqa: E402
 from nnunet_mulmod.training.experiment_trainers import ratio_counts, ratio_split, write_trainer_folder  # noqa: E402
 

@@ -30,7 +30,7 @@ def test_every_seam_exists_in_the_installed_nnunet():
         assert integration.resolve(seam) is not None
     # the names registered under are the classes' own
     from nnunet_mulmod.intensity import NORMALIZATION_CLASSES
-    from plans_extensions.mulmod_preprocessor import MulModPreprocessor
+    from nnunet_mulmod.plans_extensions.mulmod_preprocessor import MulModPreprocessor
     assert tuple(c.__name__ for c in NORMALIZATION_CLASSES) == integration.NORMALIZER_NAMES
     assert set(integration.CHANNEL_NAME_TO_NORMALIZER.values()) == set(integration.NORMALIZER_NAMES)
     assert (MulModPreprocessor.__name__,) == integration.PREPROCESSOR_NAMES
@@ -72,7 +72,7 @@ def test_install_is_explicit_idempotent_and_checked(monkeypatch):
     assert nnUNetPredictor.predict_logits_from_preprocessed_data is wrapped  # not wrapped twice
     assert integration.predictor_hook_installed()
     assert get_normalization_scheme("CT_or_MR_code").__name__ == "MulModCodeIntensityNormalization"
-    assert default_preprocessor.MulModPreprocessor.__module__ == "plans_extensions.mulmod_preprocessor"
+    assert default_preprocessor.MulModPreprocessor.__module__ == "nnunet_mulmod.plans_extensions.mulmod_preprocessor"
     # the check runs nnU-Net's own lookup: a registration that did not take is an error naming it
     monkeypatch.delitem(channel_name_to_normalization_mapping, "ct_or_mr")
     monkeypatch.setattr(integration, "_register_channel_names", lambda module: None)
@@ -86,7 +86,7 @@ def test_registration_and_import_hook_in_fresh_interpreters():
     env = {k: v for k, v in os.environ.items() if k != integration.NO_AUTOREGISTER_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     probes = [
-        "import plans_extensions.mulmod_preprocessor, nnunet_mulmod.intensity",
+        "import nnunet_mulmod.plans_extensions.mulmod_preprocessor, nnunet_mulmod.intensity",
         "import nnunet_mulmod.intensity",
         "import nnunetv2.preprocessing.preprocessors.default_preprocessor",
     ]

@@ -7,8 +7,8 @@ import pytest
 
 from conversion_fixtures import nnunet_env  # noqa: F401 (pytest fixture)
 from conversion_fixtures import read_json, run_cli, synthetic_pair, write_volume
-from dataset_conversion.own_data import main as convert_own_data
-from plans_extensions.plans_variant import main as plans_variant
+from nnunet_mulmod.dataset_conversion.own_data import main as convert_own_data
+from nnunet_mulmod.plans_extensions.plans_variant import main as plans_variant
 
 
 def failing_variant(args, capsys) -> str:

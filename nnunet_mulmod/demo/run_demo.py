@@ -108,10 +108,11 @@ def derive_demo_plans(preprocessed_dataset_folder: str, base_features: int, sour
 
 
 def make_overlay(dataset_folder: str, summary: dict, dataset_json: dict, output_file: str) -> str:
-    """The report's qualitative figure (evaluation.figures.plot_qualitative) of the demo's predictions: per modality
-    the test case with the median Dice (a typical, not the best, case): image, ground truth, prediction."""
-    from evaluation.figures import plot_qualitative
-    from evaluation.tables import summary_to_frame
+    """The report's qualitative figure (nnunet_mulmod.evaluation.figures.plot_qualitative) of the demo's
+    predictions: per modality the test case with the median Dice (a typical, not the best, case): image, ground
+    truth, prediction."""
+    from nnunet_mulmod.evaluation.figures import plot_qualitative
+    from nnunet_mulmod.evaluation.tables import summary_to_frame
     per_case = summary_to_frame(summary, setting="prediction", dataset_json=dataset_json)
     return plot_qualitative(per_case, os.path.join(dataset_folder, "imagesTs"), dataset_json, output_file)
 
@@ -309,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             timings["predict_auto_modality"] = time.time() - t
 
         t = header(6, "Evaluating (Dice per modality and class)")
-        from evaluation.evaluate_folder import evaluate_folder
+        from nnunet_mulmod.evaluation.evaluate_folder import evaluate_folder
         with open(os.path.join(dataset_raw, "dataset.json")) as f:
             dataset_json = json.load(f)
         summary = evaluate_folder(os.path.join(dataset_raw, "labelsTs"), predictions, dataset_json,
@@ -368,7 +369,7 @@ def auto_detected_modalities(predict_log: str, true_modalities: Dict[str, str]) 
 
 def write_figures(output_dir, results, dataset, dataset_raw, dataset_json, summary, trainer,
                   plans_name) -> Dict[str, str]:
-    from evaluation.figures import loss_curves_from_checkpoint, plot_training_curves
+    from nnunet_mulmod.evaluation.figures import loss_curves_from_checkpoint, plot_training_curves
     figures = {}
     fold_folder = os.path.join(results, dataset, f"{trainer}__{plans_name}__{CONFIGURATION}", f"fold_{FOLD}")
     progress_png = os.path.join(fold_folder, "progress.png")
