@@ -90,7 +90,7 @@ print(json.dumps({{"compare": compare.__file__, "experiments": experiments.__fil
     assert result["experiments"] == os.path.join(REPO, "evaluation", "experiments.py")
     assert result["experiment_trainers"] == os.path.join(package, "training", "experiment_trainers.py")
     assert result["made"] == "nnUNetTrainer_2epochs_layout"
-    assert result["ours"] == "nnunet_mulmod.training.mulmodseg_trainer"
+    assert result["ours"] == "nnunet_mulmod.training.mulmodseg"
     assert not result["shadow_loaded"]
 
 
