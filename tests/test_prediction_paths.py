@@ -5,6 +5,7 @@ preprocessing and export; what the network was told per case is recorded at its 
 import copy
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -15,14 +16,9 @@ from nnunet_mulmod.inference.modality_selection import set_prediction_modality
 from nnunet_mulmod.modality import ModalityError
 from nnunet_mulmod.training.mulmodseg_trainer import PLANS_KEY, nnUNetTrainerMulModSeg
 
-ARCH = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv2d",
-                        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]],
-                        "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-                        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+sys.path.insert(0, os.path.dirname(__file__))
+from tiny_trainer import ARCH  # noqa: E402  (the tiny 2d U-Net of the trainer-level tests)
+
 PLANS = {"dataset_name": "Dataset992_PathToy", "plans_name": "nnUNetPlans",
          "original_median_spacing_after_transp": [1, 1, 1], "original_median_shape_after_transp": [1, 16, 16],
          "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
