@@ -90,9 +90,6 @@ class MulModSegNet(nn.Module):
         # memory of detached stage statistics of every modality (nnunet_mulmod/training/modality_classifier.py),
         # so it learns the images' modality, not the modality of the last single-modality ALT batch.
         self.modality_classifier = ModalityClassifier(2 * sum(stage_channels), len(self.modalities))
-        # Set by the trainer (the fitter and the validation accuracy read last_modality_features); kept for the
-        # trainer's interface: the features are computed in every forward anyway (see the module docstring).
-        self.record_modality_features = False
 
         self.register_buffer("modality_override", selection_tensor(None), persistent=False)
         self.register_buffer("modality_selected", selection_tensor(None), persistent=False)
@@ -226,7 +223,7 @@ class MulModSegNet(nn.Module):
         modality_features = stage_statistics(self.modality_stages(skips))
         modality_logits = self.modality_classifier(modality_features)
         indices, auto = self._resolve_modality(modality, x.shape[0], modality_logits)
-        if not torch.compiler.is_compiling() and not bool(self.modality_classifier.fitted) and bool(auto.any()):
+        if not torch.compiler.is_compiling() and bool(auto.any()):
             self.require_fitted_classifier()
         # outputs of the graph that dynamo stores on the module after it ran (no graph break; see tests)
         self.last_pooled = pooled.detach()

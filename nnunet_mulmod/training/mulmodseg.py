@@ -137,7 +137,6 @@ class nnUNetTrainerMulModSeg(nnUNetTrainerALT):
     def initialize(self):
         super().initialize()
         self.mulmod_network().set_text_embeddings(self.text_table.embeddings)
-        self.mulmod_network().record_modality_features = True  # the fitter and the validation accuracy read them
         # remade in on_train_start for the modalities the training cases have
         self.modality_fitter = self._modality_fitter(range(len(self.modalities)))
 
