@@ -9,7 +9,8 @@ import os
 import sys
 
 TRAINERS = ("nnUNetTrainerMulModSeg", "nnUNetTrainerALT", "nnUNetTrainerMulModSegNoALT",
-            "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly")
+            "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerCTOnly",
+            "nnUNetTrainerMROnly", "nnUNetTrainerMulModSegPrimus", "nnUNetTrainerALTPrimus")
 
 
 def main() -> int:

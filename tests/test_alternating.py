@@ -81,3 +81,32 @@ def test_streams_come_from_nnunets_own_setup_per_modality(monkeypatch):
     calls.clear()
     per_modality_dataloaders(get_dataloaders, trainer, [["ct_0"], ["mr_0"]], ["v_0"])
     assert [c[2] for c in calls] == ["0", "0"]
+
+
+def test_case_proportional_alt_spreads_each_modality_by_its_share_of_cases():
+    from nnunet_mulmod.training.alternating import weighted_pattern
+
+    pattern = weighted_pattern([16, 9])  # the dev set's fold 0: 16 CT and 9 MR training cases
+    assert len(pattern) == 25 and pattern.count(0) == 16 and pattern.count(1) == 9
+    assert "111" not in "".join(map(str, pattern)) and "000" not in "".join(map(str, pattern))  # interleaved
+    assert weighted_pattern([4, 4]) == [0, 1] and weighted_pattern([1, 1, 1]) == [0, 1, 2]  # equal = round-robin
+    assert weighted_pattern([6, 3]) == weighted_pattern([2, 1])  # the period is reduced by the gcd
+
+    loader = AlternatingModalityLoader([_stream("ct", 16), _stream("mr", 9)], [0, 1], weights=[16, 9])
+    batches = [next(loader) for _ in range(100)]
+    assert sum(b["modality"] == 0 for b in batches) == 64  # 64 % of the steps, as in mixed sampling
+    assert all(b["keys"][0].startswith({0: "ct", 1: "mr"}[b["modality"]]) for b in batches)
+    resumed = AlternatingModalityLoader([_stream("ct", 16), _stream("mr", 9)], [0, 1], weights=[16, 9], position=37)
+    assert [next(resumed)["modality"] for _ in range(20)] == [b["modality"] for b in batches[37:57]]
+
+
+def test_alt_weights_are_checked():
+    import pytest
+
+    from nnunet_mulmod.training.alternating import weighted_pattern
+
+    for bad in ([], [3, 0], [2.5, 1]):
+        with pytest.raises(ValueError, match="positive integers"):
+            weighted_pattern(bad)
+    with pytest.raises(ValueError, match="one ALT weight per stream"):
+        AlternatingModalityLoader([_stream("ct", 1), _stream("mr", 1)], [0, 1], weights=[1])

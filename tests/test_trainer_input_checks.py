@@ -138,3 +138,35 @@ def test_alt_reads_the_fold_from_splits_final(env):
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["ct1", "mr2"], "val": ["mr1"]}]))
     trainer = make_trainer(nnUNetTrainerALT, dataset_json())  # both modalities: accepted, folder now made
     assert os.path.isdir(trainer.output_folder)
+
+
+def test_alt_step_shares_equal_by_default_and_proportional_to_cases_in_the_prop_variant(env, monkeypatch):
+    """The trainers hand their fold's case counts to the ALT loader: the paper's ALT alternates 1:1, the
+    case-proportional variant gives CT 3 of every 4 steps when 3 of the 4 training cases are CT."""
+    import itertools
+    import json
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerMulModSegPropALT
+
+    pre, results = env
+    case_modalities = {"ct1": "CT", "ct2": "CT", "ct3": "CT", "mr1": "MR", "mr2": "MR"}
+    for case in case_modalities:
+        (pre / "nnUNetPlans_2d" / f"{case}.b2nd").touch()
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["ct1", "ct2", "ct3", "mr1"], "val": ["mr2"]}]))
+    save_table(pre / "mulmod_text_table.pt")
+
+    def fake_nnunet_loaders(self):  # nnU-Net's get_dataloaders, called once per modality with do_split restricted
+        tr, val = self.do_split()
+        cases = itertools.cycle(tr)
+        return iter(lambda: {"keys": [next(cases)]}, None), None
+
+    monkeypatch.setattr(nnUNetTrainer, "get_dataloaders", fake_nnunet_loaders)
+    ds = dataset_json(case_modalities)
+    shares = {}
+    for cls in (nnUNetTrainerALT, nnUNetTrainerMulModSeg, nnUNetTrainerMulModSegPropALT):
+        loader, _ = make_trainer(cls, ds).get_dataloaders()
+        modalities = [next(loader)["modality"] for _ in range(8)]
+        shares[cls.__name__] = modalities.count(0) / len(modalities)
+    assert shares == {"nnUNetTrainerALT": 0.5, "nnUNetTrainerMulModSeg": 0.5, "nnUNetTrainerMulModSegPropALT": 0.75}

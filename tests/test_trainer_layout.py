@@ -11,6 +11,7 @@ HOMES = {
     "TABLE_COPY_FILENAME": "nnunet_mulmod.training.mulmodseg",
     "nnUNetTrainerMulModSegNoALT": "nnunet_mulmod.training.variants.ablations",
     "nnUNetTrainerMulModSegOneHot": "nnunet_mulmod.training.variants.ablations",
+    "nnUNetTrainerMulModSegPropALT": "nnunet_mulmod.training.variants.ablations",
     "nnUNetTrainerSingleModality": "nnunet_mulmod.training.variants.single_modality",
     "nnUNetTrainerCTOnly": "nnunet_mulmod.training.variants.single_modality",
     "nnUNetTrainerMROnly": "nnunet_mulmod.training.variants.single_modality",
@@ -34,5 +35,5 @@ def test_nnunet_trainer_search_offers_the_same_classes():
     compat = importlib.import_module("nnunet_mulmod.training.mulmodseg_trainer")
     offered = registered_trainers()
     for name in ("nnUNetTrainerALT", "nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT",
-                 "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly"):
+                 "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly"):
         assert offered[name] is getattr(compat, name)

@@ -6,6 +6,7 @@ from nnunet_mulmod.training.mulmodseg_trainer import (  # noqa: F401
     nnUNetTrainerMulModSeg,
     nnUNetTrainerMulModSegNoALT,
     nnUNetTrainerMulModSegOneHot,
+    nnUNetTrainerMulModSegPropALT,
 )
 from nnunet_mulmod.training.variants.controller import nnUNetTrainerMulModSegV1Controller  # noqa: F401
 from nnunet_mulmod.demo.demo_trainer import nnUNetTrainerMulModSeg_demo, nnUNetTrainerMulModSegNoDA  # noqa: F401,E402

@@ -51,6 +51,9 @@ class nnUNetTrainerALT(nnUNetTrainer):
     """Alternating training (ALT) with nnU-Net's own network: the paper's vision-only baseline."""
 
     alternate_modalities = True
+    # "equal": every modality gets the same share of the steps (the paper's ALT); "cases": shares proportional
+    # to the modality's training cases (each batch still single-modality; training/alternating.py)
+    alt_step_shares = "equal"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -129,7 +132,14 @@ class nnUNetTrainerALT(nnUNetTrainer):
         # nnU-Net's own data-loader setup, once per modality (training/alternating.py)
         streams, val = per_modality_dataloaders(super().get_dataloaders, self,
                                                 [keys_by_modality[m] for m in present], val_keys)
-        return AlternatingModalityLoader(streams, [self.modality_to_index[m] for m in present]), val
+        if self.alt_step_shares not in ("equal", "cases"):
+            raise ValueError(f"{self.__class__.__name__}.alt_step_shares must be 'equal' or 'cases', "
+                             f"not {self.alt_step_shares!r}")
+        weights = [len(keys_by_modality[m]) for m in present] if self.alt_step_shares == "cases" else None
+        loader = AlternatingModalityLoader(streams, [self.modality_to_index[m] for m in present], weights=weights)
+        self.print_to_log_file(f"ALT step shares ({self.alt_step_shares}): " + ", ".join(
+            f"{m} {loader.pattern.count(i) / len(loader.pattern):.0%}" for i, m in enumerate(present)))
+        return loader, val
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

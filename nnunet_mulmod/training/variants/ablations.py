@@ -9,6 +9,13 @@ class nnUNetTrainerMulModSegNoALT(nnUNetTrainerMulModSeg):
     alternate_modalities = False
 
 
+class nnUNetTrainerMulModSegPropALT(nnUNetTrainerMulModSeg):
+    """Case-proportional ALT: single-modality batches, each modality's share of the steps = its share of the
+    training cases (nnU-Net's mixed sampling gives the same shares); the paper's ALT gives equal shares."""
+
+    alt_step_shares = "cases"
+
+
 class nnUNetTrainerMulModSegOneHot(nnUNetTrainerMulModSeg):
     """One-hot codes (class one-hot + modality one-hot) instead of text embeddings: Table 1's 'one-hot'."""
 
