@@ -170,3 +170,21 @@ def test_alt_step_shares_equal_by_default_and_proportional_to_cases_in_the_prop_
         modalities = [next(loader)["modality"] for _ in range(8)]
         shares[cls.__name__] = modalities.count(0) / len(modalities)
     assert shares == {"nnUNetTrainerALT": 0.5, "nnUNetTrainerMulModSeg": 0.5, "nnUNetTrainerMulModSegPropALT": 0.75}
+
+
+def test_single_modality_trainer_without_cases_of_its_modality_is_refused_before_any_results_folder(env):
+    import json
+
+    from nnunet_mulmod.training.mulmodseg_trainer import nnUNetTrainerCTOnly, nnUNetTrainerMROnly
+
+    pre, results = env
+    with pytest.raises(ModalityError, match=r"nnUNetTrainerMROnly trains on modality 'MR', which Dataset991_CheckToy "
+                                            r"does not have .*dataset.json: modalities \['CT'\]"):
+        make_trainer(nnUNetTrainerMROnly, dataset_json({c: "CT" for c in ("ct1", "ct2", "mr1", "mr2")}, ("CT",)))
+    assert nothing_written(results)
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["mr1", "mr2"], "val": ["ct1"]}]))
+    with pytest.raises(ModalityError, match="nnUNetTrainerCTOnly: no training case of Dataset991_CheckToy fold 0 is CT"):
+        make_trainer(nnUNetTrainerCTOnly, dataset_json())
+    assert nothing_written(results)
+    trainer = make_trainer(nnUNetTrainerMROnly, dataset_json())  # its modality is there: accepted
+    assert os.path.isdir(trainer.output_folder)
