@@ -156,6 +156,21 @@ def plot_pseudo_dice(curves: Dict[str, Dict[str, List[float]]], iterations: int,
     return output_file
 
 
+def dice_summary(dice_frame) -> dict:
+    """``dice``: per modality, the mean Dice of every organ over cases, ``mean`` (the mean over cases of the per-case
+    mean over organs) and ``n_cases``; ``case_dice``: every case's modality and mean over organs, kept in
+    results.json so that a later run on the same split can be compared case by case without retraining this one.
+    ``dice_frame``: one row per case and organ (columns case_id, modality, label_name, value)."""
+    summary = {"dice": {}, "case_dice": {}}
+    for modality, by_modality in dice_frame.groupby("modality"):
+        per_class = by_modality.groupby("label_name")["value"].mean()
+        per_case = by_modality.groupby("case_id")["value"].mean()
+        summary["dice"][modality] = {**{k: float(v) for k, v in per_class.items()},
+                                     "mean": float(per_case.mean()), "n_cases": int(per_case.size)}
+        summary["case_dice"].update({c: {"modality": modality, "mean": float(v)} for c, v in per_case.items()})
+    return summary
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the benchmark
 # ----------------------------------------------------------------------------------------------------------------------
@@ -322,13 +337,8 @@ class RealDataBenchmark:
         dice = {b: d[d["metric"] == "Dice"] for b, d in frames.items()}
         results = {"steps": self.steps, "folds": self.folds, "runs": {}}
         for base in self.trainers:
-            d = dice[base]
-            run = {"trainer": self.trainer_name(base), "dice": {}, "wall_seconds": 0.0, "step_seconds": []}
-            for modality, by_modality in d.groupby("modality"):
-                per_class = by_modality.groupby("label_name")["value"].mean()
-                per_case = by_modality.groupby("case_id")["value"].mean()
-                run["dice"][modality] = {**{k: float(v) for k, v in per_class.items()},
-                                         "mean": float(per_case.mean()), "n_cases": int(per_case.size)}
+            run = {"trainer": self.trainer_name(base), **dice_summary(dice[base]), "wall_seconds": 0.0,
+                   "step_seconds": []}
             for fold in self.folds:
                 logging = run_logging(self.fold_folder(base, fold))
                 run["wall_seconds"] += float(logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][0])

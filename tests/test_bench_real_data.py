@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -61,3 +62,17 @@ def test_cpu_plans_build_the_documented_network(tmp_path):
     assert network.encoder.output_channels == [16, 32, 64, 128, 256, 256]
     outputs = network(torch.zeros(1, 1, 128, 128))
     assert [tuple(o.shape[2:]) for o in outputs] == [(128, 128), (64, 64), (32, 32), (16, 16), (8, 8)]
+
+
+def test_dice_summary_means_organs_per_case_before_cases_and_keeps_every_case():
+    import pandas as pd
+    from bench_real_data import dice_summary
+
+    rows = [("ct_a", "CT", "liver", 0.9), ("ct_a", "CT", "spleen", 0.5), ("ct_b", "CT", "liver", 0.7),
+            ("ct_b", "CT", "spleen", 0.3), ("mr_a", "MR", "liver", 0.8), ("mr_a", "MR", "spleen", 0.6)]
+    summary = dice_summary(pd.DataFrame(rows, columns=["case_id", "modality", "label_name", "value"]))
+    assert summary["dice"]["CT"] == pytest.approx({"liver": 0.8, "spleen": 0.4, "mean": 0.6, "n_cases": 2})
+    assert summary["dice"]["MR"]["mean"] == pytest.approx(0.7) and summary["dice"]["MR"]["n_cases"] == 1
+    assert summary["case_dice"] == {"ct_a": {"modality": "CT", "mean": pytest.approx(0.7)},
+                                    "ct_b": {"modality": "CT", "mean": pytest.approx(0.5)},
+                                    "mr_a": {"modality": "MR", "mean": pytest.approx(0.7)}}
