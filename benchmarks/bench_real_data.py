@@ -22,7 +22,10 @@ output is already there (run the same command again to continue after an interru
    run), the paired per-case comparison of every trainer against ``nnUNetTrainer`` (Wilcoxon signed-rank,
    ``nnunet_mulmod.evaluation.compare``), automatic modality detection of every MulModSeg run on its validation cases
    (``nnunet_mulmod_predict --modality auto``), the wall time and step time of each run, and one figure of
-   validation pseudo Dice against optimizer steps for all runs.
+   validation pseudo Dice against optimizer steps for all runs;
+7. with ``--paired_with <earlier>/results.json``: the runs of an earlier session on the same split and steps join
+   the tables as ``<trainer> (stored)``, paired case by case with this session's ``nnUNetTrainer`` from the
+   per-case Dice they keep (:func:`add_stored_runs`), so that one 90-minute run per session still gives paired tests.
 
 Results: ``<out>/results.md`` (also printed), ``<out>/results.json``, ``<out>/pseudo_dice_vs_steps.png``,
 ``<out>/comparison/*``, logs in ``<out>/logs``. See the README, "Does it help?".
@@ -169,6 +172,48 @@ def dice_summary(dice_frame) -> dict:
                                      "mean": float(per_case.mean()), "n_cases": int(per_case.size)}
         summary["case_dice"].update({c: {"modality": modality, "mean": float(v)} for c, v in per_case.items()})
     return summary
+
+
+def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
+    """Adds to ``results`` (this run's, with ``nnUNetTrainer`` among its runs) the runs of earlier results.json files
+    of this benchmark (``stored``: file -> its content) as ``<trainer> (stored)``, each paired case by case with this
+    run's ``nnUNetTrainer`` from the per-case mean Dice it keeps (``case_dice``): a run that cost 90 CPU minutes is
+    compared again without being retrained. The same test as for this run's trainers (Wilcoxon signed-rank,
+    ``evaluation.compare.paired_test``) on the same per-case means. Refused unless the earlier results were obtained at
+    the same steps, on the same folds and on the same validation cases."""
+    from nnunet_mulmod.evaluation.compare import ALL_MODALITIES, paired_test
+
+    if stored and BASELINE not in results["runs"]:
+        raise BenchmarkError(f"--paired_with needs {BASELINE} among --trainers: the stored runs are paired with it.")
+    baseline = results["runs"][BASELINE]["case_dice"]
+    for path, earlier in stored.items():
+        if (earlier.get("steps"), earlier.get("folds")) != (results["steps"], results["folds"]):
+            raise BenchmarkError(f"{path} was measured at {earlier.get('steps')} steps on fold(s) {earlier.get('folds')}"
+                                 f", this run at {results['steps']} on {results['folds']}: pass --steps/--folds as "
+                                 f"that run had them, or leave it out of --paired_with.")
+        for base, run in earlier["runs"].items():
+            name = base if base.endswith(" (stored)") else f"{base} (stored)"
+            if "case_dice" not in run:
+                raise BenchmarkError(f"{path}: run {base} keeps no per-case Dice (case_dice; results.json files "
+                                     f"written before 2026-12-03 lack it), so it cannot be paired case by case.")
+            if set(run["case_dice"]) != set(baseline):
+                raise BenchmarkError(f"{path}: run {base} was validated on other cases than this run (only there: "
+                                     f"{sorted(set(run['case_dice']) - set(baseline))}, only here: "
+                                     f"{sorted(set(baseline) - set(run['case_dice']))}): not the same split.")
+            if name in results["runs"]:
+                raise BenchmarkError(f"{path}: a run named {name} is already in this comparison (given twice?).")
+            results["runs"][name] = {**run, "stored_from": path}
+            cases = sorted(baseline)
+            modalities = sorted({baseline[c]["modality"] for c in cases})
+            for group in ([ALL_MODALITIES] if len(modalities) > 1 else []) + modalities:
+                group_cases = [c for c in cases if group == ALL_MODALITIES or baseline[c]["modality"] == group]
+                row = paired_test(np.array([run["case_dice"][c]["mean"] for c in group_cases]),
+                                  np.array([baseline[c]["mean"] for c in group_cases]), higher_is_better=True)
+                results["comparisons"].append({"trainer": name, "modality": group, "n": row["n"],
+                                               "mean_difference": float(row["mean_difference"]),
+                                               "n_higher": row["n_higher"], "n_lower": row["n_lower"],
+                                               "p_value": float(row["p_value"])})
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -398,12 +443,20 @@ class RealDataBenchmark:
         self.record(key, timing)
         return timing
 
-    def all(self, timing: bool = True) -> dict:
+    def all(self, timing: bool = True, paired_with: Sequence[str] = ()) -> dict:
         self.prepare()
         for fold in self.folds:
             for base in self.trainers:
                 self.train(base, fold)
         results = self.evaluate()
+        stored = {}
+        for path in paired_with:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    stored[path] = json.load(f)
+            except (OSError, ValueError) as e:
+                raise BenchmarkError(f"--paired_with {path}: not a readable results.json of this benchmark ({e}).")
+        add_stored_runs(results, stored)
         if timing:
             results["step_timing"] = self.step_timing()
         with open(os.path.join(self.output, "results.json"), "w", encoding="utf-8") as f:
@@ -471,11 +524,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-np", type=int, default=2, help="worker processes")
     p.add_argument("--no_auto_detection", action="store_true", help="skip the automatic-modality-detection runs")
     p.add_argument("--no_step_timing", action="store_true", help="skip the side-by-side step timing")
+    p.add_argument("--paired_with", nargs="+", default=[], metavar="RESULTS_JSON", help="results.json files of "
+                   f"earlier runs of this benchmark (same steps and folds): their runs join the tables as '<trainer> "
+                   f"(stored)', paired case by case with this run's {BASELINE} from the per-case Dice they keep")
     args = p.parse_args(argv)
     try:
         benchmark = RealDataBenchmark(args.output, args.data, args.steps, args.iterations, args.val_iterations,
                                       args.folds, args.trainers, args.np, not args.no_auto_detection)
-        results = benchmark.all(timing=not args.no_step_timing)
+        results = benchmark.all(timing=not args.no_step_timing, paired_with=args.paired_with)
     except BenchmarkError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

@@ -76,3 +76,44 @@ def test_dice_summary_means_organs_per_case_before_cases_and_keeps_every_case():
     assert summary["case_dice"] == {"ct_a": {"modality": "CT", "mean": pytest.approx(0.7)},
                                     "ct_b": {"modality": "CT", "mean": pytest.approx(0.5)},
                                     "mr_a": {"modality": "MR", "mean": pytest.approx(0.7)}}
+
+
+def _results(steps, case_means):
+    """A results.json of one nnUNetTrainer run: {case: (modality, mean Dice)}."""
+    case_dice = {c: {"modality": m, "mean": v} for c, (m, v) in case_means.items()}
+    return {"steps": steps, "folds": [0], "comparisons": [], "runs": {"nnUNetTrainer": {
+        "trainer": "nnUNetTrainer_40epochs_100it_10val", "dice": {}, "case_dice": case_dice,
+        "wall_seconds": 60.0, "step_seconds": [1.0]}}}
+
+
+def test_stored_runs_are_paired_case_by_case_with_this_runs_baseline():
+    from bench_real_data import add_stored_runs
+
+    cases = {f"ct_{i}": ("CT", 0.5 + 0.05 * i) for i in range(6)}
+    cases.update({"mr_0": ("MR", 0.8), "mr_1": ("MR", 0.6)})
+    results = _results(4000, cases)
+    earlier = _results(4000, {c: (m, v + (0.1 if m == "CT" else -0.2 if c == "mr_0" else 0.0))
+                              for c, (m, v) in cases.items()})
+    earlier["runs"]["nnUNetTrainerMulModSeg"] = earlier["runs"].pop("nnUNetTrainer")
+    add_stored_runs(results, {"earlier/results.json": earlier})
+    assert results["runs"]["nnUNetTrainerMulModSeg (stored)"]["stored_from"] == "earlier/results.json"
+    rows = {r["modality"]: r for r in results["comparisons"]}
+    assert rows["CT"]["n"] == 6 and rows["CT"]["mean_difference"] == pytest.approx(0.1)
+    assert (rows["CT"]["n_higher"], rows["CT"]["n_lower"]) == (6, 0)
+    assert rows["CT"]["p_value"] == pytest.approx(2 / 2 ** 6)  # all six differences of one sign: the exact minimum
+    assert rows["MR"]["mean_difference"] == pytest.approx(-0.1) and (rows["MR"]["n_higher"], rows["MR"]["n_lower"]) == (0, 1)
+    assert rows["all"]["n"] == 8
+
+
+def test_stored_runs_of_another_schedule_or_split_are_refused():
+    from bench_real_data import BenchmarkError, add_stored_runs
+
+    cases = {"ct_0": ("CT", 0.5), "mr_0": ("MR", 0.6)}
+    with pytest.raises(BenchmarkError, match="2000 steps"):
+        add_stored_runs(_results(4000, cases), {"old.json": _results(2000, cases)})
+    with pytest.raises(BenchmarkError, match="only there: \\['ct_9'\\]"):
+        add_stored_runs(_results(4000, cases), {"old.json": _results(4000, {"ct_9": ("CT", 0.5), "mr_0": ("MR", 0.6)})})
+    earlier = _results(4000, cases)
+    del earlier["runs"]["nnUNetTrainer"]["case_dice"]
+    with pytest.raises(BenchmarkError, match="keeps no per-case Dice"):
+        add_stored_runs(_results(4000, cases), {"old.json": earlier})

@@ -53,6 +53,17 @@ def test_stage_statistics_are_mean_and_std_of_every_stage_without_autograd():
     assert torch.allclose(features[:, 11:], stages[1].flatten(2).std(2))
 
 
+def test_stage_statistics_of_fp16_maps_are_float32_and_do_not_overflow_or_cancel():
+    """Under autocast the stage maps are fp16; a 3d-sized first stage (here 262,144 voxels per channel, whose
+    squared deviations sum to ~1e6, beyond fp16's 65504) of a map far from zero: float32 statistics that match a
+    float64 reference."""
+    stage = (torch.randn(2, 3, 64, 64, 64, dtype=torch.float64) * 2.0 + 100.0)
+    features = stage_statistics([stage.half()])
+    assert features.dtype == torch.float32 and torch.isfinite(features).all()
+    assert torch.allclose(features[:, :3].double(), stage.flatten(2).mean(2), rtol=1e-3)
+    assert torch.allclose(features[:, 3:].double(), stage.flatten(2).std(2), rtol=2e-2)
+
+
 def test_standardised_classifier_separates_modalities_that_differ_in_texture_not_in_mean():
     """z-scored CT and MR patches have the same mean and std per image; they differ in how the variation is
     spread over scales. A large-scale offset of a huge feature (as raw stage statistics have) must not drown a

@@ -20,6 +20,7 @@ Shapes (S = spatial dims, 2 or 3 of them):
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -27,14 +28,21 @@ from torch import nn
 
 
 def stage_statistics(stages: Sequence[torch.Tensor]) -> torch.Tensor:
-    """stages: list of [B, C_s, *S_s] -> features [B, 2 * sum C_s] (per stage: mean of every channel, then std).
-    Computed without autograd and in float32 (the reductions, not the maps, are cast)."""
+    """stages: list of [B, C_s, *S_s] -> features [B, 2 * sum C_s] (per stage: mean of every channel, then std,
+    with Bessel's correction as torch.std). Computed without autograd, accumulated in float32.
+
+    Two passes, the mean and then the norm of the centred map, rather than ``torch.var_mean``: the same values
+    (and as stable: no E[x^2] - E[x]^2 cancellation), but on a CPU var_mean over the last axis of a [16, 16, 128^2]
+    map took 22 ms against 4-5 ms (one thread, the first stage of the real-data benchmark's 2d configuration),
+    ~2 % of a training step spent on statistics that only the modality classifier reads."""
     with torch.no_grad():
         statistics = []
         for stage in stages:
             flat = stage.detach().flatten(2)
-            variance, mean = torch.var_mean(flat, dim=2)
-            statistics += [mean.float(), variance.float().clamp_min(0).sqrt()]
+            mean = flat.mean(2, dtype=torch.float32)
+            centred = flat - mean[..., None].to(flat.dtype)
+            norm = torch.linalg.vector_norm(centred, dim=2, dtype=torch.float32)  # fp16 maps: summed in float32
+            statistics += [mean, norm / math.sqrt(max(flat.shape[2] - 1, 1))]
         return torch.cat(statistics, 1)
 
 
