@@ -426,8 +426,8 @@ class RealDataBenchmark:
             return self.state[key]
         print(f"[bench] step timing: {rounds} x {steps} steps of each trainer", flush=True)
         measured = {"vanilla": [], "mulmodseg": []}
-        for _ in range(rounds):
-            for trainer in measured:
+        for round_index in range(rounds):
+            for trainer in list(measured)[::1 if round_index % 2 == 0 else -1]:  # who goes first alternates too
                 command = [sys.executable, os.path.join(HERE, "bench_mulmodseg.py"), "--measure", "--trainer", trainer,
                            "--configuration", CONFIGURATION, "--patch", *map(str, CPU_PATCH), "--batch",
                            str(CPU_BATCH), "--steps", str(steps), "--device", "cpu", "--dataset_folder",
@@ -440,10 +440,11 @@ class RealDataBenchmark:
                 measured[trainer].append(json.loads(line[0][7:]))
         timing = {t: {"step_s": statistics.median(r["step_s"] for r in rows),
                       "step_cpu_s": statistics.median(r["step_cpu_s"] for r in rows)} for t, rows in measured.items()}
+        timing["ratios"] = [m["step_s"] / v["step_s"] for v, m in zip(measured["vanilla"], measured["mulmodseg"])]
         self.record(key, timing)
         return timing
 
-    def all(self, timing: bool = True, paired_with: Sequence[str] = ()) -> dict:
+    def all(self, timing: bool = True, paired_with: Sequence[str] = (), timing_rounds: int = 2) -> dict:
         self.prepare()
         for fold in self.folds:
             for base in self.trainers:
@@ -458,7 +459,7 @@ class RealDataBenchmark:
                 raise BenchmarkError(f"--paired_with {path}: not a readable results.json of this benchmark ({e}).")
         add_stored_runs(results, stored)
         if timing:
-            results["step_timing"] = self.step_timing()
+            results["step_timing"] = self.step_timing(rounds=timing_rounds)
         with open(os.path.join(self.output, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         markdown = results_markdown(results, self.dataset_json)
@@ -506,7 +507,9 @@ def results_markdown(results: dict, dataset_json: dict) -> str:
         v, m = timing["vanilla"], timing["mulmodseg"]
         lines += ["", f"Step time on this configuration (fixed batch, no data loading, median of alternating "
                       f"processes): nnUNetTrainer {v['step_s']:.2f} s, nnUNetTrainerMulModSeg {m['step_s']:.2f} s: "
-                      f"ratio {m['step_s'] / v['step_s']:.3f} (CPU time {m['step_cpu_s'] / v['step_cpu_s']:.3f})."]
+                      f"ratio {m['step_s'] / v['step_s']:.3f} (CPU time {m['step_cpu_s'] / v['step_cpu_s']:.3f})"
+                      + (f"; ratio of each round: {', '.join(f'{r:.3f}' for r in timing['ratios'])}."
+                         if "ratios" in timing else ".")]
     lines += ["", f"Figure: {results['figure']}"]
     return "\n".join(lines) + "\n"
 
@@ -524,6 +527,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-np", type=int, default=2, help="worker processes")
     p.add_argument("--no_auto_detection", action="store_true", help="skip the automatic-modality-detection runs")
     p.add_argument("--no_step_timing", action="store_true", help="skip the side-by-side step timing")
+    p.add_argument("--timing_rounds", type=int, default=2, help="rounds of the step timing (each measures both "
+                   "trainers, alternating, in fresh processes; the figure is the median)")
     p.add_argument("--paired_with", nargs="+", default=[], metavar="RESULTS_JSON", help="results.json files of "
                    f"earlier runs of this benchmark (same steps and folds): their runs join the tables as '<trainer> "
                    f"(stored)', paired case by case with this run's {BASELINE} from the per-case Dice they keep")
@@ -531,7 +536,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         benchmark = RealDataBenchmark(args.output, args.data, args.steps, args.iterations, args.val_iterations,
                                       args.folds, args.trainers, args.np, not args.no_auto_detection)
-        results = benchmark.all(timing=not args.no_step_timing, paired_with=args.paired_with)
+        results = benchmark.all(timing=not args.no_step_timing, paired_with=args.paired_with,
+                                timing_rounds=args.timing_rounds)
     except BenchmarkError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

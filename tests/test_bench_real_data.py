@@ -117,3 +117,23 @@ def test_stored_runs_of_another_schedule_or_split_are_refused():
     del earlier["runs"]["nnUNetTrainer"]["case_dice"]
     with pytest.raises(BenchmarkError, match="keeps no per-case Dice"):
         add_stored_runs(_results(4000, cases), {"old.json": earlier})
+
+
+def test_results_table_lists_stored_runs_their_paired_test_and_every_timing_round():
+    from bench_real_data import add_stored_runs, results_markdown
+
+    cases = {f"ct_{i}": ("CT", 0.5 + 0.05 * i) for i in range(6)}
+    results = _results(4000, cases)
+    earlier = _results(4000, {c: (m, v + 0.1) for c, (m, v) in cases.items()})
+    earlier["runs"]["nnUNetTrainerMulModSeg"] = earlier["runs"].pop("nnUNetTrainer")
+    add_stored_runs(results, {"earlier/results.json": earlier})
+    for run in results["runs"].values():
+        run["dice"] = {"CT": {"liver": 0.7, "mean": 0.7, "n_cases": 6}}
+    results["figure"] = "./pseudo_dice_vs_steps.png"
+    results["step_timing"] = {"vanilla": {"step_s": 1.0, "step_cpu_s": 2.0}, "mulmodseg": {"step_s": 1.1,
+                              "step_cpu_s": 2.1}, "ratios": [1.05, 1.15]}
+    text = results_markdown(results, {"labels": {"background": 0, "liver": 1}, "modalities": ["CT"],
+                                      "case_modalities": {}})
+    assert "| nnUNetTrainerMulModSeg (stored) | 70.0 | 70.0 |" in text
+    assert "| nnUNetTrainerMulModSeg (stored) | CT | 6 | +10.00 | 6 / 0 | 0.0312 |" in text
+    assert "ratio 1.100 (CPU time 1.050); ratio of each round: 1.050, 1.150." in text

@@ -33,8 +33,9 @@ def stage_statistics(stages: Sequence[torch.Tensor]) -> torch.Tensor:
 
     Two passes, the mean and then the norm of the centred map, rather than ``torch.var_mean``: the same values
     (and as stable: no E[x^2] - E[x]^2 cancellation), but on a CPU var_mean over the last axis of a [16, 16, 128^2]
-    map took 22 ms against 4-5 ms (one thread, the first stage of the real-data benchmark's 2d configuration),
-    ~2 % of a training step spent on statistics that only the modality classifier reads."""
+    map took 22 ms against 4-5 ms (one thread, the first stage of the real-data benchmark's 2d configuration): a
+    whole MulModSeg training step of that configuration went from 0.813 to 0.791 s (2 threads, same process,
+    alternating), time spent on statistics that only the modality classifier reads."""
     with torch.no_grad():
         statistics = []
         for stage in stages:
