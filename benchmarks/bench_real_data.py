@@ -25,7 +25,9 @@ output is already there (run the same command again to continue after an interru
    validation pseudo Dice against optimizer steps for all runs;
 7. with ``--paired_with <earlier>/results.json``: the runs of an earlier session on the same split and steps join
    the tables as ``<trainer> (stored)``, paired case by case with this session's ``nnUNetTrainer`` from the
-   per-case Dice they keep (:func:`add_stored_runs`), so that one 90-minute run per session still gives paired tests.
+   per-case Dice they keep (:func:`add_stored_runs`), so that one 90-minute run per session still gives paired tests;
+8. ``--combine <fold0>/results.json <fold1>/results.json ...`` trains nothing: runs on different folds (one session
+   each) become one table and one paired test over all their validation cases (:func:`combine_results`).
 
 Results: ``<out>/results.md`` (also printed), ``<out>/results.json``, ``<out>/pseudo_dice_vs_steps.png``,
 ``<out>/comparison/*``, logs in ``<out>/logs``. See the README, "Does it help?".
@@ -161,8 +163,9 @@ def plot_pseudo_dice(curves: Dict[str, Dict[str, List[float]]], iterations: int,
 
 def dice_summary(dice_frame) -> dict:
     """``dice``: per modality, the mean Dice of every organ over cases, ``mean`` (the mean over cases of the per-case
-    mean over organs) and ``n_cases``; ``case_dice``: every case's modality and mean over organs, kept in
-    results.json so that a later run on the same split can be compared case by case without retraining this one.
+    mean over organs) and ``n_cases``; ``case_dice``: every case's modality, mean over organs and Dice of every
+    organ, kept in results.json so that a later run on the same split can be compared case by case without
+    retraining this one, and runs on other folds combined with it (:func:`combine_results`).
     ``dice_frame``: one row per case and organ (columns case_id, modality, label_name, value)."""
     summary = {"dice": {}, "case_dice": {}}
     for modality, by_modality in dice_frame.groupby("modality"):
@@ -170,8 +173,102 @@ def dice_summary(dice_frame) -> dict:
         per_case = by_modality.groupby("case_id")["value"].mean()
         summary["dice"][modality] = {**{k: float(v) for k, v in per_class.items()},
                                      "mean": float(per_case.mean()), "n_cases": int(per_case.size)}
-        summary["case_dice"].update({c: {"modality": modality, "mean": float(v)} for c, v in per_case.items()})
+        organs = {c: {k: float(v) for k, v in zip(d["label_name"], d["value"])}
+                  for c, d in by_modality.groupby("case_id")}
+        summary["case_dice"].update({c: {"modality": modality, "mean": float(v), "organs": organs[c]}
+                                     for c, v in per_case.items()})
     return summary
+
+
+def case_dice_summary(case_dice: Dict[str, dict]) -> dict:
+    """The ``dice`` part of :func:`dice_summary` from stored per-case values (organ columns only where every case
+    of the modality kept its organs: results.json files written before 2026-12-04 kept the mean alone)."""
+    dice = {}
+    for modality in sorted({v["modality"] for v in case_dice.values()}):
+        cases = [v for v in case_dice.values() if v["modality"] == modality]
+        row = {"mean": float(np.mean([v["mean"] for v in cases])), "n_cases": len(cases)}
+        if all("organs" in v for v in cases):
+            for organ in sorted({o for v in cases for o in v["organs"]}):
+                row[organ] = float(np.mean([v["organs"][organ] for v in cases if organ in v["organs"]]))
+        dice[modality] = row
+    return dice
+
+
+def paired_rows(name: str, case_dice: Dict[str, dict], baseline: Dict[str, dict]) -> List[dict]:
+    """The paired per-case comparison of run ``name`` with nnUNetTrainer (``baseline``) on the cases both have,
+    over all cases and per modality: the test this benchmark applies to every pair (Wilcoxon signed-rank,
+    ``evaluation.compare.paired_test``) on the per-case mean over organs."""
+    from nnunet_mulmod.evaluation.compare import ALL_MODALITIES, paired_test
+
+    cases = sorted(set(case_dice) & set(baseline))
+    modalities = sorted({baseline[c]["modality"] for c in cases})
+    rows = []
+    for group in ([ALL_MODALITIES] if len(modalities) > 1 else []) + modalities:
+        group_cases = [c for c in cases if group == ALL_MODALITIES or baseline[c]["modality"] == group]
+        row = paired_test(np.array([case_dice[c]["mean"] for c in group_cases]),
+                          np.array([baseline[c]["mean"] for c in group_cases]), higher_is_better=True)
+        rows.append({"trainer": name, "modality": group, "n": row["n"], "mean_difference": float(row["mean_difference"]),
+                     "n_higher": row["n_higher"], "n_lower": row["n_lower"], "p_value": float(row["p_value"])})
+    return rows
+
+
+def combine_results(stored: Dict[str, dict]) -> dict:
+    """One results dict from results.json files of this benchmark on different folds (``stored``: file -> content),
+    e.g. one fold per session where a session's 2 cores train two runs: every trainer's per-case Dice pooled over
+    the files ("<trainer> (stored)" copies under the trainer's name), its Dice table recomputed from those cases,
+    and the paired per-case test of every trainer against nnUNetTrainer on the cases both have. Refused unless all
+    were measured at the same steps, and where two files give one trainer different Dice on one case (two runs of
+    one trainer on one fold: combine one of them)."""
+    steps = {earlier.get("steps") for earlier in stored.values()}
+    if len(steps) != 1:
+        raise BenchmarkError(f"--combine: the files were measured at different steps ({sorted(map(str, steps))}); "
+                             f"combine runs of one schedule.")
+    runs: Dict[str, dict] = {}
+    for path, earlier in stored.items():
+        for base, run in earlier["runs"].items():
+            name = base[:-len(" (stored)")] if base.endswith(" (stored)") else base
+            if "case_dice" not in run:
+                raise BenchmarkError(f"{path}: run {base} keeps no per-case Dice (case_dice; results.json files "
+                                     f"written before 2026-12-03 lack it), so it cannot be combined.")
+            combined = runs.setdefault(name, {"trainer": run["trainer"], "case_dice": {}, "wall_seconds": 0.0,
+                                              "step_seconds": [], "sources": []})
+            new_cases = {c: v for c, v in run["case_dice"].items() if c not in combined["case_dice"]}
+            for case in set(run["case_dice"]) - set(new_cases):
+                if abs(run["case_dice"][case]["mean"] - combined["case_dice"][case]["mean"]) > 1e-9:
+                    raise BenchmarkError(f"--combine: two runs of {name} validated {case} with different Dice "
+                                         f"({path} and {', '.join(combined['sources'])}): two runs of one trainer on "
+                                         f"one fold; combine one of them.")
+            if not new_cases:
+                continue  # a copy of a run already combined (a "(stored)" run and its own file)
+            combined["case_dice"].update(new_cases)
+            combined["wall_seconds"] += run["wall_seconds"]
+            combined["step_seconds"] += run["step_seconds"]
+            combined["sources"].append(path)
+            if "auto_detection" in run:
+                combined.setdefault("auto_detection", {}).update(run["auto_detection"])
+    folds = sorted({f for earlier in stored.values() for f in earlier.get("folds", [])})
+    results = {"steps": steps.pop(), "folds": folds, "runs": {}, "comparisons": [], "figure": None}
+    for name, run in runs.items():
+        run["dice"] = case_dice_summary(run["case_dice"])
+        if "auto_detection" in run:
+            run["auto_detection_correct"] = sum(run["case_dice"][c]["modality"] == m
+                                                for c, m in run["auto_detection"].items() if c in run["case_dice"])
+        results["runs"][name] = run
+    if BASELINE in runs:
+        for name, run in runs.items():
+            if name != BASELINE:
+                results["comparisons"] += paired_rows(name, run["case_dice"], runs[BASELINE]["case_dice"])
+    return results
+
+
+def load_results(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        results["runs"], results["steps"]  # noqa: B018 (the keys every use needs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BenchmarkError(f"{path}: not a readable results.json of this benchmark ({type(e).__name__}: {e}).")
+    return results
 
 
 def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
@@ -181,8 +278,6 @@ def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
     compared again without being retrained. The same test as for this run's trainers (Wilcoxon signed-rank,
     ``evaluation.compare.paired_test``) on the same per-case means. Refused unless the earlier results were obtained at
     the same steps, on the same folds and on the same validation cases."""
-    from nnunet_mulmod.evaluation.compare import ALL_MODALITIES, paired_test
-
     if stored and BASELINE not in results["runs"]:
         raise BenchmarkError(f"--paired_with needs {BASELINE} among --trainers: the stored runs are paired with it.")
     baseline = results["runs"][BASELINE]["case_dice"]
@@ -203,16 +298,7 @@ def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
             if name in results["runs"]:
                 raise BenchmarkError(f"{path}: a run named {name} is already in this comparison (given twice?).")
             results["runs"][name] = {**run, "stored_from": path}
-            cases = sorted(baseline)
-            modalities = sorted({baseline[c]["modality"] for c in cases})
-            for group in ([ALL_MODALITIES] if len(modalities) > 1 else []) + modalities:
-                group_cases = [c for c in cases if group == ALL_MODALITIES or baseline[c]["modality"] == group]
-                row = paired_test(np.array([run["case_dice"][c]["mean"] for c in group_cases]),
-                                  np.array([baseline[c]["mean"] for c in group_cases]), higher_is_better=True)
-                results["comparisons"].append({"trainer": name, "modality": group, "n": row["n"],
-                                               "mean_difference": float(row["mean_difference"]),
-                                               "n_higher": row["n_higher"], "n_lower": row["n_lower"],
-                                               "p_value": float(row["p_value"])})
+            results["comparisons"] += paired_rows(name, run["case_dice"], baseline)
     return results
 
 
@@ -450,14 +536,7 @@ class RealDataBenchmark:
             for base in self.trainers:
                 self.train(base, fold)
         results = self.evaluate()
-        stored = {}
-        for path in paired_with:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    stored[path] = json.load(f)
-            except (OSError, ValueError) as e:
-                raise BenchmarkError(f"--paired_with {path}: not a readable results.json of this benchmark ({e}).")
-        add_stored_runs(results, stored)
+        add_stored_runs(results, {path: load_results(path) for path in paired_with})
         if timing:
             results["step_timing"] = self.step_timing(rounds=timing_rounds)
         with open(os.path.join(self.output, "results.json"), "w", encoding="utf-8") as f:
@@ -484,7 +563,7 @@ def results_markdown(results: dict, dataset_json: dict) -> str:
         for m in modalities:
             d = run["dice"].get(m)
             cells += (["–", "–"] if d is None else
-                      [" / ".join(f"{100 * d.get(o, float('nan')):.1f}" for o in organs), f"{100 * d['mean']:.1f}"])
+                      [" / ".join(f"{100 * d[o]:.1f}" if o in d else "–" for o in organs), f"{100 * d['mean']:.1f}"])
         lines.append(f"| {base} | " + " | ".join(cells) + f" | {run['wall_seconds'] / 60:.0f} min | "
                      f"{statistics.mean(run['step_seconds']):.2f} |")
     lines += ["", f"Paired per-case comparison with {BASELINE} (per-case mean Dice over organs, same cases; "
@@ -510,7 +589,8 @@ def results_markdown(results: dict, dataset_json: dict) -> str:
                       f"ratio {m['step_s'] / v['step_s']:.3f} (CPU time {m['step_cpu_s'] / v['step_cpu_s']:.3f})"
                       + (f"; ratio of each round: {', '.join(f'{r:.3f}' for r in timing['ratios'])}."
                          if "ratios" in timing else ".")]
-    lines += ["", f"Figure: {results['figure']}"]
+    if results.get("figure"):
+        lines += ["", f"Figure: {results['figure']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -532,7 +612,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--paired_with", nargs="+", default=[], metavar="RESULTS_JSON", help="results.json files of "
                    f"earlier runs of this benchmark (same steps and folds): their runs join the tables as '<trainer> "
                    f"(stored)', paired case by case with this run's {BASELINE} from the per-case Dice they keep")
+    p.add_argument("--combine", nargs="+", default=[], metavar="RESULTS_JSON", help="train nothing: combine the "
+                   "results.json files of runs on different folds (one session each) into <out>/combined_results.md "
+                   "and .json: every trainer's Dice over all their validation cases, each paired with "
+                   f"{BASELINE} on the cases both have")
     args = p.parse_args(argv)
+    if args.combine:
+        try:
+            results = combine_results({path: load_results(path) for path in args.combine})
+        except BenchmarkError as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            return 1
+        cases = {c: v["modality"] for run in results["runs"].values() for c, v in run["case_dice"].items()}
+        dataset_json = {"labels": LABELS, "modalities": sorted(set(cases.values())), "case_modalities": cases}
+        markdown = results_markdown(results, dataset_json)
+        os.makedirs(args.output, exist_ok=True)
+        with open(os.path.join(args.output, "combined_results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        with open(os.path.join(args.output, "combined_results.md"), "w", encoding="utf-8") as f:
+            f.write(markdown)
+        print(markdown)
+        return 0
     try:
         benchmark = RealDataBenchmark(args.output, args.data, args.steps, args.iterations, args.val_iterations,
                                       args.folds, args.trainers, args.np, not args.no_auto_detection)

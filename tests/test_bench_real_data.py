@@ -73,9 +73,10 @@ def test_dice_summary_means_organs_per_case_before_cases_and_keeps_every_case():
     summary = dice_summary(pd.DataFrame(rows, columns=["case_id", "modality", "label_name", "value"]))
     assert summary["dice"]["CT"] == pytest.approx({"liver": 0.8, "spleen": 0.4, "mean": 0.6, "n_cases": 2})
     assert summary["dice"]["MR"]["mean"] == pytest.approx(0.7) and summary["dice"]["MR"]["n_cases"] == 1
-    assert summary["case_dice"] == {"ct_a": {"modality": "CT", "mean": pytest.approx(0.7)},
-                                    "ct_b": {"modality": "CT", "mean": pytest.approx(0.5)},
-                                    "mr_a": {"modality": "MR", "mean": pytest.approx(0.7)}}
+    assert summary["case_dice"] == {
+        "ct_a": {"modality": "CT", "mean": pytest.approx(0.7), "organs": {"liver": 0.9, "spleen": 0.5}},
+        "ct_b": {"modality": "CT", "mean": pytest.approx(0.5), "organs": {"liver": 0.7, "spleen": 0.3}},
+        "mr_a": {"modality": "MR", "mean": pytest.approx(0.7), "organs": {"liver": 0.8, "spleen": 0.6}}}
 
 
 def _results(steps, case_means):
@@ -137,3 +138,62 @@ def test_results_table_lists_stored_runs_their_paired_test_and_every_timing_roun
     assert "| nnUNetTrainerMulModSeg (stored) | 70.0 | 70.0 |" in text
     assert "| nnUNetTrainerMulModSeg (stored) | CT | 6 | +10.00 | 6 / 0 | 0.0312 |" in text
     assert "ratio 1.100 (CPU time 1.050); ratio of each round: 1.050, 1.150." in text
+
+
+def test_runs_of_different_folds_combine_into_one_table_and_one_paired_test():
+    from bench_real_data import combine_results
+
+    def fold(f, shift, organs=True):
+        cases = {f"ct_{f}{i}": ("CT", 0.6 + 0.02 * i) for i in range(3)}
+        cases[f"mr_{f}"] = ("MR", 0.7)
+        results = _results(4000, cases)
+        results["folds"] = [f]
+        mulmodseg = {c: {"modality": m, "mean": v + shift, **({"organs": {"liver": v + shift}} if organs else {})}
+                     for c, (m, v) in cases.items()}
+        for v in results["runs"]["nnUNetTrainer"]["case_dice"].values():
+            v["organs"] = {"liver": v["mean"]}
+        results["runs"]["nnUNetTrainerMulModSeg"] = {"trainer": "t", "case_dice": mulmodseg, "wall_seconds": 30.0,
+                                                     "step_seconds": [1.1], "auto_detection": {c: "CT" for c in cases}}
+        return results
+
+    session_1, session_2 = fold(0, 0.1), fold(1, 0.1)
+    # a later session that paired with session 1 carries a copy of its MulModSeg run: counted once
+    session_2["runs"]["nnUNetTrainerMulModSeg (stored)"] = dict(session_1["runs"]["nnUNetTrainerMulModSeg"])
+    combined = combine_results({"s1.json": session_1, "s2.json": session_2})
+    assert combined["folds"] == [0, 1] and set(combined["runs"]) == {"nnUNetTrainer", "nnUNetTrainerMulModSeg"}
+    mulmodseg = combined["runs"]["nnUNetTrainerMulModSeg"]
+    assert mulmodseg["dice"]["CT"]["n_cases"] == 6 and mulmodseg["dice"]["CT"]["liver"] == pytest.approx(0.72)
+    assert mulmodseg["wall_seconds"] == 60.0 and mulmodseg["auto_detection_correct"] == 6  # the MRs were called CT
+    rows = {r["modality"]: r for r in combined["comparisons"]}
+    assert rows["CT"]["n"] == 6 and rows["CT"]["mean_difference"] == pytest.approx(0.1) and rows["all"]["n"] == 8
+    assert rows["CT"]["p_value"] == pytest.approx(2 / 2 ** 6)
+    # organ columns only where every case kept its organs
+    assert "liver" not in combine_results({"a": fold(0, 0.1), "b": fold(1, 0.1, organs=False)})[
+        "runs"]["nnUNetTrainerMulModSeg"]["dice"]["CT"]
+
+
+def test_combining_two_runs_of_one_trainer_on_one_fold_or_two_schedules_is_refused():
+    from bench_real_data import BenchmarkError, combine_results
+
+    cases = {"ct_0": ("CT", 0.5), "mr_0": ("MR", 0.6)}
+    with pytest.raises(BenchmarkError, match="two runs of nnUNetTrainer validated ct_0"):
+        combine_results({"a.json": _results(4000, cases), "b.json": _results(4000, {**cases, "ct_0": ("CT", 0.7)})})
+    with pytest.raises(BenchmarkError, match="different steps"):
+        combine_results({"a.json": _results(4000, cases), "b.json": _results(2000, cases)})
+
+
+def test_combine_command_writes_the_combined_table_and_refuses_a_file_that_is_not_results(tmp_path, capsys):
+    from bench_real_data import main
+
+    cases = {"ct_0": ("CT", 0.5), "mr_0": ("MR", 0.6)}
+    for name, shift in (("a.json", 0.0), ("b.json", 0.1)):
+        results = _results(4000, {c: (m, v + shift) for c, (m, v) in cases.items()})
+        if shift:
+            results["runs"]["nnUNetTrainerALT"] = results["runs"].pop("nnUNetTrainer")
+        (tmp_path / name).write_text(json.dumps(results))
+    assert main(["-o", str(tmp_path / "out"), "--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    table = (tmp_path / "out" / "combined_results.md").read_text()
+    assert "| nnUNetTrainerALT | – / – / – / – | 60.0 | – / – / – / – | 70.0 |" in table and "| nnUNetTrainerALT | CT | 1 | +10.00 |" in table
+    (tmp_path / "c.json").write_text("not json")
+    assert main(["-o", str(tmp_path / "out2"), "--combine", str(tmp_path / "c.json")]) == 1
+    assert "c.json: not a readable results.json" in capsys.readouterr().err and not (tmp_path / "out2").exists()
