@@ -262,12 +262,14 @@ def combine_results(stored: Dict[str, dict]) -> dict:
 
 
 def load_results(path: str) -> dict:
+    """A results.json of this benchmark, or BenchmarkError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
-        results["runs"], results["steps"]  # noqa: B018 (the keys every use needs)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise BenchmarkError(f"{path}: not a readable results.json of this benchmark ({type(e).__name__}: {e}).")
+    if not isinstance(results, dict) or not {"runs", "steps"} <= set(results):
+        raise BenchmarkError(f"{path}: not a results.json of this benchmark (it has no 'runs' and 'steps').")
     return results
 
 
@@ -278,7 +280,9 @@ def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
     compared again without being retrained. The same test as for this run's trainers (Wilcoxon signed-rank,
     ``evaluation.compare.paired_test``) on the same per-case means. Refused unless the earlier results were obtained at
     the same steps, on the same folds and on the same validation cases."""
-    if stored and BASELINE not in results["runs"]:
+    if not stored:
+        return results
+    if BASELINE not in results["runs"]:
         raise BenchmarkError(f"--paired_with needs {BASELINE} among --trainers: the stored runs are paired with it.")
     baseline = results["runs"][BASELINE]["case_dice"]
     for path, earlier in stored.items():

@@ -114,6 +114,11 @@ def test_stored_runs_of_another_schedule_or_split_are_refused():
         add_stored_runs(_results(4000, cases), {"old.json": _results(2000, cases)})
     with pytest.raises(BenchmarkError, match="only there: \\['ct_9'\\]"):
         add_stored_runs(_results(4000, cases), {"old.json": _results(4000, {"ct_9": ("CT", 0.5), "mr_0": ("MR", 0.6)})})
+    without_baseline = _results(4000, cases)
+    without_baseline["runs"]["nnUNetTrainerALT"] = without_baseline["runs"].pop("nnUNetTrainer")
+    assert add_stored_runs(without_baseline, {}) is without_baseline  # nothing to pair: no baseline needed
+    with pytest.raises(BenchmarkError, match="needs nnUNetTrainer"):
+        add_stored_runs(without_baseline, {"old.json": _results(4000, cases)})
     earlier = _results(4000, cases)
     del earlier["runs"]["nnUNetTrainer"]["case_dice"]
     with pytest.raises(BenchmarkError, match="keeps no per-case Dice"):
@@ -197,3 +202,6 @@ def test_combine_command_writes_the_combined_table_and_refuses_a_file_that_is_no
     (tmp_path / "c.json").write_text("not json")
     assert main(["-o", str(tmp_path / "out2"), "--combine", str(tmp_path / "c.json")]) == 1
     assert "c.json: not a readable results.json" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    (tmp_path / "d.json").write_text(json.dumps({"steps": 4000}))
+    assert main(["-o", str(tmp_path / "out2"), "--combine", str(tmp_path / "d.json")]) == 1
+    assert "d.json: not a results.json of this benchmark" in capsys.readouterr().err
