@@ -167,29 +167,25 @@ def dice_summary(dice_frame) -> dict:
     organ, kept in results.json so that a later run on the same split can be compared case by case without
     retraining this one, and runs on other folds combined with it (:func:`combine_results`).
     ``dice_frame``: one row per case and organ (columns case_id, modality, label_name, value)."""
-    summary = {"dice": {}, "case_dice": {}}
-    for modality, by_modality in dice_frame.groupby("modality"):
-        per_class = by_modality.groupby("label_name")["value"].mean()
-        per_case = by_modality.groupby("case_id")["value"].mean()
-        summary["dice"][modality] = {**{k: float(v) for k, v in per_class.items()},
-                                     "mean": float(per_case.mean()), "n_cases": int(per_case.size)}
-        organs = {c: {k: float(v) for k, v in zip(d["label_name"], d["value"])}
-                  for c, d in by_modality.groupby("case_id")}
-        summary["case_dice"].update({c: {"modality": modality, "mean": float(v), "organs": organs[c]}
-                                     for c, v in per_case.items()})
-    return summary
+    case_dice = {}
+    for (case, modality), by_case in dice_frame.groupby(["case_id", "modality"]):
+        case_dice[case] = {"modality": modality, "mean": float(by_case["value"].mean()),
+                           "organs": {k: float(v) for k, v in zip(by_case["label_name"], by_case["value"])}}
+    return {"dice": case_dice_summary(case_dice), "case_dice": case_dice}
 
 
 def case_dice_summary(case_dice: Dict[str, dict]) -> dict:
-    """The ``dice`` part of :func:`dice_summary` from stored per-case values (organ columns only where every case
-    of the modality kept its organs: results.json files written before 2026-12-04 kept the mean alone)."""
+    """The ``dice`` part of :func:`dice_summary` from per-case values (organ columns only where every case of the
+    modality kept its organs: results.json files written before 2026-12-04 kept the mean alone). Organs without a
+    Dice in a case (NaN: absent from reference and prediction) are left out of that organ's mean, as pandas does."""
     dice = {}
     for modality in sorted({v["modality"] for v in case_dice.values()}):
         cases = [v for v in case_dice.values() if v["modality"] == modality]
         row = {"mean": float(np.mean([v["mean"] for v in cases])), "n_cases": len(cases)}
         if all("organs" in v for v in cases):
             for organ in sorted({o for v in cases for o in v["organs"]}):
-                row[organ] = float(np.mean([v["organs"][organ] for v in cases if organ in v["organs"]]))
+                values = [v["organs"][organ] for v in cases if np.isfinite(v["organs"].get(organ, np.nan))]
+                row[organ] = float(np.mean(values)) if values else float("nan")
         dice[modality] = row
     return dice
 
@@ -273,6 +269,15 @@ def load_results(path: str) -> dict:
     return results
 
 
+def check_same_schedule(stored: Dict[str, dict], steps: int, folds: Sequence[int]) -> None:
+    """Refuses stored results (file -> content) measured at other steps or on other folds than ``steps``/``folds``."""
+    for path, earlier in stored.items():
+        if (earlier.get("steps"), earlier.get("folds")) != (steps, list(folds)):
+            raise BenchmarkError(f"{path} was measured at {earlier.get('steps')} steps on fold(s) {earlier.get('folds')}"
+                                 f", this run at {steps} on {list(folds)}: pass --steps/--folds as that run had them, "
+                                 f"or leave it out of --paired_with.")
+
+
 def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
     """Adds to ``results`` (this run's, with ``nnUNetTrainer`` among its runs) the runs of earlier results.json files
     of this benchmark (``stored``: file -> its content) as ``<trainer> (stored)``, each paired case by case with this
@@ -285,11 +290,8 @@ def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
     if BASELINE not in results["runs"]:
         raise BenchmarkError(f"--paired_with needs {BASELINE} among --trainers: the stored runs are paired with it.")
     baseline = results["runs"][BASELINE]["case_dice"]
+    check_same_schedule(stored, results["steps"], results["folds"])
     for path, earlier in stored.items():
-        if (earlier.get("steps"), earlier.get("folds")) != (results["steps"], results["folds"]):
-            raise BenchmarkError(f"{path} was measured at {earlier.get('steps')} steps on fold(s) {earlier.get('folds')}"
-                                 f", this run at {results['steps']} on {results['folds']}: pass --steps/--folds as "
-                                 f"that run had them, or leave it out of --paired_with.")
         for base, run in earlier["runs"].items():
             name = base if base.endswith(" (stored)") else f"{base} (stored)"
             if "case_dice" not in run:
@@ -535,12 +537,15 @@ class RealDataBenchmark:
         return timing
 
     def all(self, timing: bool = True, paired_with: Sequence[str] = (), timing_rounds: int = 2) -> dict:
+        # read and checked before training, not after it: a wrong path or schedule costs a second, not an hour
+        stored = {path: load_results(path) for path in paired_with}
+        check_same_schedule(stored, self.steps, self.folds)
         self.prepare()
         for fold in self.folds:
             for base in self.trainers:
                 self.train(base, fold)
         results = self.evaluate()
-        add_stored_runs(results, {path: load_results(path) for path in paired_with})
+        add_stored_runs(results, stored)
         if timing:
             results["step_timing"] = self.step_timing(rounds=timing_rounds)
         with open(os.path.join(self.output, "results.json"), "w", encoding="utf-8") as f:

@@ -205,3 +205,16 @@ def test_combine_command_writes_the_combined_table_and_refuses_a_file_that_is_no
     (tmp_path / "d.json").write_text(json.dumps({"steps": 4000}))
     assert main(["-o", str(tmp_path / "out2"), "--combine", str(tmp_path / "d.json")]) == 1
     assert "d.json: not a results.json of this benchmark" in capsys.readouterr().err
+
+
+def test_stored_runs_are_read_and_checked_before_anything_is_converted_or_trained(tmp_path):
+    from bench_real_data import BenchmarkError, RealDataBenchmark
+
+    other_schedule = tmp_path / "old.json"
+    other_schedule.write_text(json.dumps(_results(2000, {"ct_0": ("CT", 0.5)})))
+    benchmark = RealDataBenchmark(str(tmp_path / "out"), str(tmp_path / "no_data"), 4000, 100, 10, [0],
+                                  ["nnUNetTrainer"], 1, False)
+    for stored, message in ((tmp_path / "missing.json", "missing.json: not a readable"), (other_schedule, "2000 steps")):
+        with pytest.raises(BenchmarkError, match=message):
+            benchmark.all(timing=False, paired_with=[str(stored)])
+        assert not (tmp_path / "out" / "nnUNet_raw").exists()
