@@ -116,6 +116,20 @@ BACKBONES = {
 }
 
 
+class MeasurementError(RuntimeError):
+    """A measurement process failed or printed no RESULT line (the message holds its command and output tails)."""
+
+
+def measure_in_child(command, env: dict) -> dict:
+    """Runs ``command`` (a benchmark script in its measuring mode, which prints one ``RESULT <json>`` line) in its own
+    process, so that each measurement has its own memory accounting and no state of the previous one; its result."""
+    out = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode != 0 or not line:
+        raise MeasurementError(f"measurement failed: {' '.join(command)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(line[0][len("RESULT "):])
+
+
 MEDIAN_KEYS = ("step_s", "step_cpu_s", "inference_s", "inference_cpu_s", "peak_bytes")
 
 
@@ -261,13 +275,10 @@ def main():
                            str(args.steps), "--device", args.device, "--embed_dim", str(args.embed_dim),
                            "--plans", plans]
                     # nnUNet_n_proc_DA=0 only here: nnU-Net's planner cannot run with it (torch.set_num_threads(0))
-                    out = subprocess.run(cmd, env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True,
-                                         encoding="utf-8", errors="replace")
-                    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                    if out.returncode != 0 or not line:
-                        raise SystemExit(f"measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n"
-                                         f"{out.stderr[-3000:]}")
-                    runs[trainer].append(json.loads(line[0][7:]))
+                    try:
+                        runs[trainer].append(measure_in_child(cmd, dict(env, nnUNet_n_proc_DA="0")))
+                    except MeasurementError as e:
+                        raise SystemExit(str(e))
             # medians over the rounds (parameters and descriptions are the same in every round)
             results = {t: {k: statistics.median(r[k] for r in rs) if k in MEDIAN_KEYS else rs[0][k] for k in rs[0]}
                        for t, rs in runs.items()}

@@ -512,7 +512,9 @@ class RealDataBenchmark:
         128x128, a fixed random batch: no data loading), each in its own process (benchmarks/bench_mulmodseg.py
         --measure), alternated ``rounds`` times so that a change in the machine's load hits both alike. The runs'
         own step times above include data augmentation and whatever else the machine was doing then."""
-        import subprocess
+        sys.path.insert(0, HERE)
+        from bench_mulmodseg import MeasurementError, measure_in_child
+
         key = f"step_timing/{steps}x{rounds}"
         if key in self.state:
             return self.state[key]
@@ -524,12 +526,11 @@ class RealDataBenchmark:
                            "--configuration", CONFIGURATION, "--patch", *map(str, CPU_PATCH), "--batch",
                            str(CPU_BATCH), "--steps", str(steps), "--device", "cpu", "--dataset_folder",
                            os.path.join(self.preprocessed, DATASET), "--plans", PLANS]
-                out = subprocess.run(command, env={**os.environ, **self.env, "nnUNet_n_proc_DA": "0"},
-                                     capture_output=True, text=True, encoding="utf-8", errors="replace")
-                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-                if out.returncode != 0 or not line:
-                    raise BenchmarkError(f"step timing failed: {' '.join(command)}\n{out.stderr[-3000:]}")
-                measured[trainer].append(json.loads(line[0][7:]))
+                try:
+                    measured[trainer].append(measure_in_child(command, {**os.environ, **self.env,
+                                                                        "nnUNet_n_proc_DA": "0"}))
+                except MeasurementError as e:
+                    raise BenchmarkError(f"step timing: {e}")
         timing = {t: {"step_s": statistics.median(r["step_s"] for r in rows),
                       "step_cpu_s": statistics.median(r["step_cpu_s"] for r in rows)} for t, rows in measured.items()}
         timing["ratios"] = [m["step_s"] / v["step_s"] for v, m in zip(measured["vanilla"], measured["mulmodseg"])]

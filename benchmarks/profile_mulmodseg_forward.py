@@ -16,7 +16,6 @@ import argparse
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -85,15 +84,16 @@ def main() -> int:
     env = {**os.environ, "nnUNet_compile": "f", "OMP_WAIT_POLICY": "PASSIVE",
            "nnUNet_preprocessed": os.path.dirname(os.path.abspath(args.dataset_folder)),
            "nnUNet_raw": os.environ.get("nnUNet_raw", "/tmp"), "nnUNet_results": os.environ.get("nnUNet_results", "/tmp")}
+    sys.path.insert(0, HERE)
+    from bench_mulmodseg import MeasurementError, measure_in_child
+
     results = {}
     for trainer in ("vanilla", "mulmodseg"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--trainer", trainer], env=env,
-                             capture_output=True, text=True)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode != 0 or not line:
-            print(f"ERROR: profiling {trainer} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        try:
+            results[trainer] = measure_in_child([sys.executable, __file__, *sys.argv[1:], "--trainer", trainer], env)
+        except MeasurementError as e:
+            print(f"ERROR: profiling {trainer} failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
             return 1
-        results[trainer] = json.loads(line[0][7:])
     for r in results.values():
         print(f"{r['trainer']}: forward {r['forward_s']:.3f} s; profiled per {args.forwards} forwards: "
               f"{r['profiled_s']:.2f} s, of which nnU-Net's convolutions {r['convolution_s']:.2f} s, "
