@@ -32,14 +32,14 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_mulmodseg import LABELS, random_batch, write_random_table  # noqa: E402
+from bench_mulmodseg import (LABELS, MeasurementError, measure_in_child, random_batch,  # noqa: E402
+                             write_random_table)
 
 DATASET_ID = 992
 DATASET = "Dataset992_BenchGPU"
@@ -296,13 +296,11 @@ def main(argv=None) -> int:
                     continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--measure", pre, name, configuration,
                        "on" if compile_on else "off", "--steps", str(args.steps), "--warmup", str(args.warmup)]
-                out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace")
-                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                if out.returncode != 0 or not line:
-                    print(f"bench_gpu: measurement failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n"
-                          f"{out.stderr[-3000:]}", file=sys.stderr)
+                try:
+                    by_trainer[name] = measure_in_child(cmd, dict(os.environ))
+                except MeasurementError as e:
+                    print(f"bench_gpu: {e}", file=sys.stderr)
                     return 1
-                by_trainer[name] = json.loads(line[0][7:])
     print_report(results, args)
     print(f"\nbench_gpu: {time.time() - started:.0f} s in all")
     return 0
