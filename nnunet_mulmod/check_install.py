@@ -9,8 +9,8 @@ import os
 import sys
 
 TRAINERS = ("nnUNetTrainerMulModSeg", "nnUNetTrainerALT", "nnUNetTrainerMulModSegNoALT",
-            "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerCTOnly",
-            "nnUNetTrainerMROnly", "nnUNetTrainerMulModSegPrimus", "nnUNetTrainerALTPrimus")
+            "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerMulModSegMirroring",
+            "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly", "nnUNetTrainerMulModSegPrimus", "nnUNetTrainerALTPrimus")
 
 
 def main() -> int:

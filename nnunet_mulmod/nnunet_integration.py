@@ -94,7 +94,9 @@ SEAMS = (
     *(Seam(TRAINER_MODULE, f"nnUNetTrainer.{hook}", "overridden by our trainers") for hook in (
         "build_network_architecture", "initialize", "do_split", "get_dataloaders", "train_step", "validation_step",
         "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_train_end", "on_validation_epoch_end",
-        "perform_actual_validation")),
+        "perform_actual_validation", "configure_rotation_dummyDA_mirroring_and_inital_patch_size")),
+    Seam(TRAINER_MODULE, "self.inference_allowed_mirroring_axes",
+         "None in the checkpoint: no test-time mirroring (left/right classes, training/mirroring.py)"),
     Seam(TRAINER_MODULE, "self.dataset_class", "the class perform_actual_validation loads each case with"),
     Seam(TRAINER_MODULE, "self.logger", "per-modality keys in my_fantastic_logging"),
     Seam(DATASET_MODULE, "infer_dataset_class", "the dataset class of a preprocessed folder"),

@@ -79,6 +79,10 @@ def test_train_resume_predict_synthetic(workspace):
     # final validation predicted each case with its own modality's prompts
     assert re.search(r"\w+: modality (CT|MR) \(dataset.json case_modalities\)", log1)
     assert (fold / "validation" / "summary.json").is_file()
+    # kidney_right is a side: no mirroring in training, and none at test time (the checkpoint tells nnUNetv2_predict)
+    assert "Mirroring off, in training and at test time: classes kidney_right are left/right-specific" in log1
+    assert torch.load(fold / "checkpoint_final.pth", map_location="cpu",
+                      weights_only=False)["inference_allowed_mirroring_axes"] is None
 
     # resume: a different table in nnUNet_preprocessed must not replace the run's own table
     TextEmbeddingTable(torch.randn_like(table.embeddings), table.modalities, table.class_names, table.prompts,
@@ -212,6 +216,12 @@ def test_real_ct_and_mr_through_train_and_predict(workspace):
     _, log = run(["nnUNetv2_train", "779", "3d_fullres", "all", "-tr", tiny("nnUNetTrainerMulModSeg"), "-device",
                   "cpu"], dict(train_env(env), nnUNet_n_proc_DA="2"))
     assert "ALT training cases per modality: CT: 3, MR: 3" in log
+    # no class names a side: nnU-Net's mirroring on every axis, in training and at test time
+    assert "Mirroring off" not in log
+    checkpoint = root / "res" / "Dataset779_RealCTMR" / f"{tiny('nnUNetTrainerMulModSeg')}__nnUNetPlans__3d_fullres" / \
+        "fold_all" / "checkpoint_final.pth"
+    assert tuple(torch.load(checkpoint, map_location="cpu", weights_only=False)["inference_allowed_mirroring_axes"]) \
+        == (0, 1, 2)
     test_in = root / "real_test"
     test_in.mkdir()
     shutil.copy(os.path.join(src, "example_mr_sm.nii.gz"), test_in / "mr_full_0000.nii.gz")

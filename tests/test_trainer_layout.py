@@ -12,6 +12,7 @@ HOMES = {
     "nnUNetTrainerMulModSegNoALT": "nnunet_mulmod.training.variants.ablations",
     "nnUNetTrainerMulModSegOneHot": "nnunet_mulmod.training.variants.ablations",
     "nnUNetTrainerMulModSegPropALT": "nnunet_mulmod.training.variants.ablations",
+    "nnUNetTrainerMulModSegMirroring": "nnunet_mulmod.training.variants.ablations",
     "nnUNetTrainerSingleModality": "nnunet_mulmod.training.variants.single_modality",
     "nnUNetTrainerCTOnly": "nnunet_mulmod.training.variants.single_modality",
     "nnUNetTrainerMROnly": "nnunet_mulmod.training.variants.single_modality",
@@ -35,5 +36,6 @@ def test_nnunet_trainer_search_offers_the_same_classes():
     compat = importlib.import_module("nnunet_mulmod.training.mulmodseg_trainer")
     offered = registered_trainers()
     for name in ("nnUNetTrainerALT", "nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT",
-                 "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly"):
+                 "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerMulModSegMirroring", "nnUNetTrainerCTOnly",
+                 "nnUNetTrainerMROnly"):
         assert offered[name] is getattr(compat, name)

@@ -4,6 +4,7 @@ from nnunet_mulmod.training.mulmodseg_trainer import (  # noqa: F401
     nnUNetTrainerCTOnly,
     nnUNetTrainerMROnly,
     nnUNetTrainerMulModSeg,
+    nnUNetTrainerMulModSegMirroring,
     nnUNetTrainerMulModSegNoALT,
     nnUNetTrainerMulModSegOneHot,
     nnUNetTrainerMulModSegPropALT,

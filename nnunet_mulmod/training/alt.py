@@ -5,7 +5,8 @@ iterations are 125 CT steps and 125 MR steps (round-robin over M modalities in g
 costs what a vanilla nnU-Net epoch costs. The paper's "iteration" (one CT step + one MR step) is
 M of ours.
 
-What it adds to nnUNetTrainer: the modality tags of the fold's cases checked before nnU-Net's ``__init__``,
+What it adds to nnUNetTrainer: no mirroring when the dataset has left/right classes (training/mirroring.py, the
+base of every trainer of the package), the modality tags of the fold's cases checked before nnU-Net's ``__init__``,
 nnU-Net's data loaders once per modality, alternated (training/alternating.py), the batch's modality around
 nnU-Net's steps (``_modality_context``, which MulModSeg fills in), and the training loss per modality.
 """
@@ -21,12 +22,12 @@ from torch import distributed as dist
 
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_mulmod import nnunet_integration
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
 from nnunet_mulmod.training.alternating import AlternatingModalityLoader, per_modality_dataloaders
+from nnunet_mulmod.training.mirroring import nnUNetTrainerNoMirroringIfLateral
 
 
 def preprocessed_fold_cases(plans: dict, configuration: str, fold) -> Tuple[List[str], List[str]]:
@@ -47,7 +48,7 @@ def preprocessed_fold_cases(plans: dict, configuration: str, fold) -> Tuple[List
     return sorted(infer_dataset_class(folder).get_identifiers(folder)), []
 
 
-class nnUNetTrainerALT(nnUNetTrainer):
+class nnUNetTrainerALT(nnUNetTrainerNoMirroringIfLateral):
     """Alternating training (ALT) with nnU-Net's own network: the paper's vision-only baseline."""
 
     alternate_modalities = True

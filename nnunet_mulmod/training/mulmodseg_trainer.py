@@ -6,6 +6,7 @@
     nnUNetTrainerMulModSegNoALT      text-conditioned head, mixed-modality batches (no ALT)
     nnUNetTrainerMulModSegPropALT    text-conditioned head, ALT with step shares proportional to the cases
     nnUNetTrainerMulModSegOneHot     one-hot class+modality codes instead of text embeddings, + ALT
+    nnUNetTrainerMulModSegMirroring  nnU-Net's mirroring even with left/right classes (the others do not mirror then)
                                                                                      (training/variants/ablations.py)
     nnUNetTrainerCTOnly / MROnly     nnU-Net trained on one modality's cases only (training/variants/single_modality.py)
 
@@ -17,12 +18,12 @@ keeps working for code, scripts and notes written before the split. nnU-Net find
 from nnunet_mulmod.training.alt import nnUNetTrainerALT, preprocessed_fold_cases
 from nnunet_mulmod.training.mulmodseg import PLANS_KEY, TABLE_COPY_FILENAME, nnUNetTrainerMulModSeg
 from nnunet_mulmod.training.unwrap import unwrap_network
-from nnunet_mulmod.training.variants.ablations import (nnUNetTrainerMulModSegNoALT, nnUNetTrainerMulModSegOneHot,
-                                                       nnUNetTrainerMulModSegPropALT)
+from nnunet_mulmod.training.variants.ablations import (nnUNetTrainerMulModSegMirroring, nnUNetTrainerMulModSegNoALT,
+                                                       nnUNetTrainerMulModSegOneHot, nnUNetTrainerMulModSegPropALT)
 from nnunet_mulmod.training.variants.single_modality import (nnUNetTrainerCTOnly, nnUNetTrainerMROnly,
                                                              nnUNetTrainerSingleModality)
 
 __all__ = ["PLANS_KEY", "TABLE_COPY_FILENAME", "preprocessed_fold_cases", "unwrap_network", "nnUNetTrainerALT",
            "nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT", "nnUNetTrainerMulModSegOneHot",
-           "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerSingleModality", "nnUNetTrainerCTOnly",
+           "nnUNetTrainerMulModSegPropALT", "nnUNetTrainerMulModSegMirroring", "nnUNetTrainerSingleModality", "nnUNetTrainerCTOnly",
            "nnUNetTrainerMROnly"]

@@ -11,7 +11,8 @@ unknown attribute names with :func:`trainer_class_for_name` (a module ``__getatt
 cached and its ``__module__`` is this module, whose own ``__getattr__`` gives the same object back, so it
 pickles like any class and a checkpoint's ``trainer_name`` finds it again at prediction.
 
-The base is any trainer of this package or nnU-Net's own ``nnUNetTrainer``; the class name (and so nnU-Net's
+The base is any trainer of this package, nnU-Net's own ``nnUNetTrainer`` or ``nnUNetTrainerNoMirroring`` (the
+vanilla baseline for datasets with left/right classes, as TotalSegmentator trains); the class name (and so nnU-Net's
 results folder) says the schedule. Validation iterations default to nnU-Net's 50, or to at most the training
 iterations when those are given (50 validation batches would dominate a 10-iteration epoch). Short schedules
 save ``checkpoint_latest.pth`` every tenth of the run (nnU-Net: every 50 epochs), so ``--c`` has one to resume from.
@@ -51,11 +52,15 @@ def parse_schedule_name(name: str) -> Optional[Tuple[str, int, Optional[int], Op
 
 
 def schedulable_trainers() -> Dict[str, type]:
-    """Base trainers a schedule can be put on: this package's trainers and nnU-Net's nnUNetTrainer."""
+    """Base trainers a schedule can be put on: this package's trainers and nnU-Net's nnUNetTrainer and
+    nnUNetTrainerNoMirroring."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
+        nnUNetTrainerNoMirroring
 
     from nnunet_mulmod.nnunet_trainers import registered_trainers
-    return {"nnUNetTrainer": nnUNetTrainer, **registered_trainers()}
+    return {"nnUNetTrainer": nnUNetTrainer, "nnUNetTrainerNoMirroring": nnUNetTrainerNoMirroring,
+            **registered_trainers()}
 
 
 def with_schedule(base: type, epochs: Optional[int], iterations: Optional[int] = None,

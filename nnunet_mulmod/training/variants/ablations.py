@@ -1,4 +1,4 @@
-"""Ablations of nnUNetTrainerMulModSeg (the paper's Tables 1 and 6): each changes one thing."""
+"""Ablations of nnUNetTrainerMulModSeg (the paper's Tables 1 and 6, and the recipe study): each changes one thing."""
 from nnunet_mulmod.text.table import one_hot_table
 from nnunet_mulmod.training.mulmodseg import nnUNetTrainerMulModSeg
 
@@ -21,3 +21,10 @@ class nnUNetTrainerMulModSegOneHot(nnUNetTrainerMulModSeg):
 
     def load_text_table(self, plans: dict, configuration: str, dataset_json: dict):
         return one_hot_table(dataset_json), "one-hot codes"
+
+
+class nnUNetTrainerMulModSegMirroring(nnUNetTrainerMulModSeg):
+    """nnU-Net's mirroring (training and test time) even when classes are left/right-specific: the recipe until
+    2026-12-07, and what nnUNetTrainer does (training/mirroring.py)."""
+
+    mirroring = "on"

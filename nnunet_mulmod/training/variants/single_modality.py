@@ -4,15 +4,16 @@ from typing import Optional
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.paths import nnUNet_preprocessed
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mulmod import nnunet_integration
 from nnunet_mulmod.modality import ModalityError, get_modalities, require_case_modalities
 from nnunet_mulmod.training.alt import preprocessed_fold_cases
+from nnunet_mulmod.training.mirroring import nnUNetTrainerNoMirroringIfLateral
 
 
-class nnUNetTrainerSingleModality(nnUNetTrainer):
-    """nnU-Net trained (and validated) on the cases of one modality only; subclasses name the modality."""
+class nnUNetTrainerSingleModality(nnUNetTrainerNoMirroringIfLateral):
+    """nnU-Net trained (and validated) on the cases of one modality only; subclasses name the modality. Mirrors as
+    the multi-modal trainers do (training/mirroring.py)."""
 
     train_modality: Optional[str] = None
 
