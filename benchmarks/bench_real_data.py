@@ -19,8 +19,10 @@ output is already there (run the same command again to continue after an interru
    and fold: the same schedule (``--steps`` = E x I optimizer steps) for all (nnunet_mulmod/training/schedules.py);
    nnU-Net's own final validation predicts the fold's validation cases (sliding window, mirroring on);
 6. Dice per case, organ and modality of those predictions (``nnunet_mulmod.evaluation``-style summary.json per
-   run), the paired per-case comparison of every trainer against ``nnUNetTrainer`` (Wilcoxon signed-rank,
-   ``nnunet_mulmod.evaluation.compare``), automatic modality detection of every MulModSeg run on its validation cases
+   run), the paired per-case comparison of every trainer against ``nnUNetTrainer`` and against
+   ``nnUNetTrainerNoMirroring`` (Wilcoxon signed-rank, ``nnunet_mulmod.evaluation.compare``; the dataset's kidneys
+   are left/right classes, so our trainers do not mirror, training/mirroring.py, and nnU-Net without mirroring is
+   the like-for-like vanilla run), automatic modality detection of every MulModSeg run on its validation cases
    (``nnunet_mulmod_predict --modality auto``), the wall time and step time of each run, and one figure of
    validation pseudo Dice against optimizer steps for all runs;
 7. with ``--paired_with <earlier>/results.json``: the runs of an earlier session on the same split and steps join
@@ -55,7 +57,11 @@ CONFIGURATION = "2d"
 PLANS = "nnUNetPlansCPU"
 LABELS = {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 4}
 BASELINE = "nnUNetTrainer"
-DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerALT", "nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT",
+# the vanilla baseline for this dataset's left/right classes: nnU-Net without mirroring, as our trainers then train
+# (training/mirroring.py); every other trainer is paired with it too
+NO_MIRRORING_BASELINE = "nnUNetTrainerNoMirroring"
+BASELINES = (BASELINE, NO_MIRRORING_BASELINE)
+DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerNoMirroring", "nnUNetTrainerALT", "nnUNetTrainerMulModSeg", "nnUNetTrainerMulModSegNoALT",
                     "nnUNetTrainerMulModSegOneHot", "nnUNetTrainerCTOnly", "nnUNetTrainerMROnly")
 N_FOLDS = 5
 SPLIT_SEED = 12345
@@ -147,7 +153,7 @@ def plot_pseudo_dice(curves: Dict[str, Dict[str, List[float]]], iterations: int,
         mean = np.mean([v[:n] for v in by_fold.values()], axis=0)
         steps = (np.arange(n) + 1) * iterations
         ax.plot(steps, mean, label=f"{trainer} ({len(by_fold)} fold{'s' if len(by_fold) > 1 else ''})",
-                linewidth=2.2 if trainer in (BASELINE, "nnUNetTrainerMulModSeg") else 1.3,
+                linewidth=2.2 if trainer in (*BASELINES, "nnUNetTrainerMulModSeg") else 1.3,
                 linestyle="-" if "MulModSeg" in trainer else "--")
     ax.set_xlabel("optimizer steps")
     ax.set_ylabel("pseudo Dice (EMA, validation patches)")
@@ -190,10 +196,21 @@ def case_dice_summary(case_dice: Dict[str, dict]) -> dict:
     return dice
 
 
-def paired_rows(name: str, case_dice: Dict[str, dict], baseline: Dict[str, dict]) -> List[dict]:
-    """The paired per-case comparison of run ``name`` with nnUNetTrainer (``baseline``) on the cases both have,
-    over all cases and per modality: the test this benchmark applies to every pair (Wilcoxon signed-rank,
-    ``evaluation.compare.paired_test``) on the per-case mean over organs."""
+def baseline_pairs(names: Sequence[str]) -> List[tuple]:
+    """(trainer, baseline) pairs this benchmark tests: every run against nnUNetTrainer, and every run that is not a
+    baseline against nnUNetTrainerNoMirroring, where those ran."""
+    pairs = []
+    for baseline in BASELINES:
+        if baseline in names:
+            pairs += [(n, baseline) for n in names if n != baseline and (baseline == BASELINE or n not in BASELINES)]
+    return pairs
+
+
+def paired_rows(name: str, case_dice: Dict[str, dict], baseline: Dict[str, dict],
+                baseline_name: str = BASELINE) -> List[dict]:
+    """The paired per-case comparison of run ``name`` with the run ``baseline_name`` (``baseline``: its case_dice) on
+    the cases both have, over all cases and per modality: the test this benchmark applies to every pair (Wilcoxon
+    signed-rank, ``evaluation.compare.paired_test``) on the per-case mean over organs."""
     from nnunet_mulmod.evaluation.compare import ALL_MODALITIES, paired_test
 
     cases = sorted(set(case_dice) & set(baseline))
@@ -203,7 +220,8 @@ def paired_rows(name: str, case_dice: Dict[str, dict], baseline: Dict[str, dict]
         group_cases = [c for c in cases if group == ALL_MODALITIES or baseline[c]["modality"] == group]
         row = paired_test(np.array([case_dice[c]["mean"] for c in group_cases]),
                           np.array([baseline[c]["mean"] for c in group_cases]), higher_is_better=True)
-        rows.append({"trainer": name, "modality": group, "n": row["n"], "mean_difference": float(row["mean_difference"]),
+        rows.append({"trainer": name, "baseline": baseline_name, "modality": group, "n": row["n"],
+                     "mean_difference": float(row["mean_difference"]),
                      "n_higher": row["n_higher"], "n_lower": row["n_lower"], "p_value": float(row["p_value"])})
     return rows
 
@@ -250,10 +268,8 @@ def combine_results(stored: Dict[str, dict]) -> dict:
             run["auto_detection_correct"] = sum(run["case_dice"][c]["modality"] == m
                                                 for c, m in run["auto_detection"].items() if c in run["case_dice"])
         results["runs"][name] = run
-    if BASELINE in runs:
-        for name, run in runs.items():
-            if name != BASELINE:
-                results["comparisons"] += paired_rows(name, run["case_dice"], runs[BASELINE]["case_dice"])
+    for name, baseline in baseline_pairs(list(runs)):
+        results["comparisons"] += paired_rows(name, runs[name]["case_dice"], runs[baseline]["case_dice"], baseline)
     return results
 
 
@@ -487,17 +503,15 @@ class RealDataBenchmark:
                     run["auto_detection_correct"] = sum(truth[c] == m for c, m in run["auto_detection"].items())
             results["runs"][base] = run
         comparisons = []
-        if BASELINE in dice:
-            for base in self.trainers:
-                if base == BASELINE:
-                    continue
-                pair = pd.concat([frames[BASELINE], frames[base]], ignore_index=True)
-                stats = compare_frames(pair, BASELINE, ("Dice",), common_cases_only=True)["statistics"]
-                for _, row in stats[stats["class"] == AVG].iterrows():
-                    comparisons.append({"trainer": base, "modality": row["modality"], "n": int(row["n"]),
-                                        "mean_difference": float(row["mean_difference"]),
-                                        "n_higher": int(row["n_higher"]), "n_lower": int(row["n_lower"]),
-                                        "p_value": float(row["p_value"])})
+        for base, baseline in baseline_pairs(self.trainers):
+            pair = pd.concat([frames[baseline], frames[base]], ignore_index=True)
+            stats = compare_frames(pair, baseline, ("Dice",), common_cases_only=True)["statistics"]
+            for _, row in stats[stats["class"] == AVG].iterrows():
+                comparisons.append({"trainer": base, "baseline": baseline, "modality": row["modality"],
+                                    "n": int(row["n"]),
+                                    "mean_difference": float(row["mean_difference"]),
+                                    "n_higher": int(row["n_higher"]), "n_lower": int(row["n_lower"]),
+                                    "p_value": float(row["p_value"])})
         results["comparisons"] = comparisons
         curves = {}
         for base in self.trainers:
@@ -576,12 +590,13 @@ def results_markdown(results: dict, dataset_json: dict) -> str:
                       [" / ".join(f"{100 * d[o]:.1f}" if o in d else "–" for o in organs), f"{100 * d['mean']:.1f}"])
         lines.append(f"| {base} | " + " | ".join(cells) + f" | {run['wall_seconds'] / 60:.0f} min | "
                      f"{statistics.mean(run['step_seconds']):.2f} |")
-    lines += ["", f"Paired per-case comparison with {BASELINE} (per-case mean Dice over organs, same cases; "
-                  f"Wilcoxon signed-rank, two-sided):", "",
-              "| trainer | cases | n | mean difference | higher / lower | p |", "|---|---|---|---|---|---|"]
+    lines += ["", f"Paired per-case comparison with the baselines ({' and '.join(BASELINES)}, where they ran; "
+                  f"per-case mean Dice over organs, same cases; Wilcoxon signed-rank, two-sided):", "",
+              "| trainer | baseline | cases | n | mean difference | higher / lower | p |",
+              "|---|---|---|---|---|---|---|"]
     for c in results["comparisons"]:
-        lines.append(f"| {c['trainer']} | {c['modality']} | {c['n']} | {100 * c['mean_difference']:+.2f} | "
-                     f"{c['n_higher']} / {c['n_lower']} | {c['p_value']:.3g} |")
+        lines.append(f"| {c['trainer']} | {c.get('baseline', BASELINE)} | {c['modality']} | {c['n']} | "
+                     f"{100 * c['mean_difference']:+.2f} | {c['n_higher']} / {c['n_lower']} | {c['p_value']:.3g} |")
     detections = [(b, r) for b, r in results["runs"].items() if "auto_detection" in r]
     if detections:
         lines += ["", "Automatic modality detection (nnunet_mulmod_predict --modality auto) on the validation cases:", ""]

@@ -141,7 +141,7 @@ def test_results_table_lists_stored_runs_their_paired_test_and_every_timing_roun
     text = results_markdown(results, {"labels": {"background": 0, "liver": 1}, "modalities": ["CT"],
                                       "case_modalities": {}})
     assert "| nnUNetTrainerMulModSeg (stored) | 70.0 | 70.0 |" in text
-    assert "| nnUNetTrainerMulModSeg (stored) | CT | 6 | +10.00 | 6 / 0 | 0.0312 |" in text
+    assert "| nnUNetTrainerMulModSeg (stored) | nnUNetTrainer | CT | 6 | +10.00 | 6 / 0 | 0.0312 |" in text
     assert "ratio 1.100 (CPU time 1.050); ratio of each round: 1.050, 1.150." in text
 
 
@@ -198,7 +198,7 @@ def test_combine_command_writes_the_combined_table_and_refuses_a_file_that_is_no
         (tmp_path / name).write_text(json.dumps(results))
     assert main(["-o", str(tmp_path / "out"), "--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     table = (tmp_path / "out" / "combined_results.md").read_text()
-    assert "| nnUNetTrainerALT | – / – / – / – | 60.0 | – / – / – / – | 70.0 |" in table and "| nnUNetTrainerALT | CT | 1 | +10.00 |" in table
+    assert "| nnUNetTrainerALT | – / – / – / – | 60.0 | – / – / – / – | 70.0 |" in table and "| nnUNetTrainerALT | nnUNetTrainer | CT | 1 | +10.00 |" in table
     (tmp_path / "c.json").write_text("not json")
     assert main(["-o", str(tmp_path / "out2"), "--combine", str(tmp_path / "c.json")]) == 1
     assert "c.json: not a readable results.json" in capsys.readouterr().err and not (tmp_path / "out2").exists()
@@ -218,3 +218,24 @@ def test_stored_runs_are_read_and_checked_before_anything_is_converted_or_traine
         with pytest.raises(BenchmarkError, match=message):
             benchmark.all(timing=False, paired_with=[str(stored)])
         assert not (tmp_path / "out" / "nnUNet_raw").exists()
+
+
+def test_every_run_is_paired_with_nnunet_and_with_nnunet_without_mirroring_where_those_ran():
+    from bench_real_data import baseline_pairs, combine_results
+
+    assert baseline_pairs(["nnUNetTrainer", "nnUNetTrainerNoMirroring", "nnUNetTrainerMulModSeg"]) == [
+        ("nnUNetTrainerNoMirroring", "nnUNetTrainer"), ("nnUNetTrainerMulModSeg", "nnUNetTrainer"),
+        ("nnUNetTrainerMulModSeg", "nnUNetTrainerNoMirroring")]
+    assert baseline_pairs(["nnUNetTrainerNoMirroring", "nnUNetTrainerALT"]) == [
+        ("nnUNetTrainerALT", "nnUNetTrainerNoMirroring")]
+    cases = {f"ct_{i}": ("CT", 0.5 + 0.05 * i) for i in range(6)}
+    results = _results(4000, cases)
+    for name, shift in (("nnUNetTrainerNoMirroring", 0.2), ("nnUNetTrainerMulModSeg", 0.25)):
+        run = _results(4000, {c: (m, v + shift) for c, (m, v) in cases.items()})["runs"]["nnUNetTrainer"]
+        results["runs"][name] = run
+    combined = combine_results({"a.json": results})
+    rows = {(r["trainer"], r["baseline"]): r for r in combined["comparisons"] if r["modality"] == "CT"}
+    assert set(rows) == {("nnUNetTrainerNoMirroring", "nnUNetTrainer"), ("nnUNetTrainerMulModSeg", "nnUNetTrainer"),
+                         ("nnUNetTrainerMulModSeg", "nnUNetTrainerNoMirroring")}
+    assert rows[("nnUNetTrainerMulModSeg", "nnUNetTrainerNoMirroring")]["mean_difference"] == pytest.approx(0.05)
+    assert rows[("nnUNetTrainerMulModSeg", "nnUNetTrainer")]["mean_difference"] == pytest.approx(0.25)
