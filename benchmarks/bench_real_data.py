@@ -206,6 +206,42 @@ def baseline_pairs(names: Sequence[str]) -> List[tuple]:
     return pairs
 
 
+def organ_confusion(prediction_folder: str, reference_folder: str, cases: Sequence[str], n_labels: int
+                    ) -> Dict[str, List[List[int]]]:
+    """Per case: counts[r][p] of voxels with reference label r predicted as label p (nnU-Net's exported validation
+    predictions against gt_segmentations; both on the case's original grid)."""
+    import SimpleITK as sitk
+
+    from nnunet_mulmod.evaluation.metrics import confusion_matrix
+
+    counts = {}
+    for case in cases:
+        arrays = [sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f"{case}.nii.gz")))
+                  for folder in (reference_folder, prediction_folder)]
+        counts[case] = confusion_matrix(*(a.astype(np.int64) for a in arrays), n_labels).tolist()
+    return counts
+
+
+def organ_mixups(confusion: Dict[str, List[List[int]]], labels: Dict[str, int], min_share: float = 0.005
+                 ) -> List[dict]:
+    """The organ-for-organ errors of a run (``confusion``: :func:`organ_confusion` of its cases), worst first: for
+    every ordered pair of organs (reference, predicted) whose share of the reference organ's voxels, over all
+    cases, is at least ``min_share``, that share and the cases where it is 10 % or more. Swapped kidneys
+    (kidney_right -> kidney_left) and spleen/liver mix-ups are the errors mirrored training invites."""
+    names = {v: k for k, v in labels.items()}
+    total = np.sum([np.asarray(c) for c in confusion.values()], axis=0)
+    mixups = []
+    for r in range(1, total.shape[0]):
+        for p in range(1, total.shape[1]):
+            if r == p or total[r].sum() == 0 or total[r, p] / total[r].sum() < min_share:
+                continue
+            worst = {case: float(np.asarray(c)[r, p] / np.asarray(c)[r].sum()) for case, c in confusion.items()
+                     if np.asarray(c)[r].sum() and np.asarray(c)[r, p] / np.asarray(c)[r].sum() >= 0.1}
+            mixups.append({"reference": names[r], "predicted": names[p], "share": float(total[r, p] / total[r].sum()),
+                           "cases": dict(sorted(worst.items(), key=lambda kv: -kv[1]))})
+    return sorted(mixups, key=lambda m: -m["share"])
+
+
 def paired_rows(name: str, case_dice: Dict[str, dict], baseline: Dict[str, dict],
                 baseline_name: str = BASELINE) -> List[dict]:
     """The paired per-case comparison of run ``name`` with the run ``baseline_name`` (``baseline``: its case_dice) on
@@ -260,6 +296,8 @@ def combine_results(stored: Dict[str, dict]) -> dict:
             combined["sources"].append(path)
             if "auto_detection" in run:
                 combined.setdefault("auto_detection", {}).update(run["auto_detection"])
+            if "confusion" in run:
+                combined.setdefault("confusion", {}).update(run["confusion"])
     folds = sorted({f for earlier in stored.values() for f in earlier.get("folds", [])})
     results = {"steps": steps.pop(), "folds": folds, "runs": {}, "comparisons": [], "figure": None}
     for name, run in runs.items():
@@ -474,6 +512,17 @@ class RealDataBenchmark:
         self.record(key, detected)
         return detected
 
+    def confusion(self, base: str, fold: int) -> Dict[str, List[List[int]]]:
+        """:func:`organ_confusion` of a run's validation predictions (kept in the state file: computed once)."""
+        key = f"confusion/{self.trainer_name(base)}/{fold}"
+        if key not in self.state:
+            with open(os.path.join(self.preprocessed, DATASET, "splits_final.json"), encoding="utf-8") as f:
+                cases = json.load(f)[fold]["val"]
+            self.record(key, organ_confusion(os.path.join(self.fold_folder(base, fold), "validation"),
+                                             os.path.join(self.preprocessed, DATASET, "gt_segmentations"), cases,
+                                             len(self.dataset_json["labels"])))
+        return self.state[key]
+
     def evaluate(self) -> dict:
         import pandas as pd
         from nnunet_mulmod.evaluation.compare import compare_frames, evaluate_input
@@ -493,6 +542,7 @@ class RealDataBenchmark:
             run = {"trainer": self.trainer_name(base), **dice_summary(dice[base]), "wall_seconds": 0.0,
                    "step_seconds": []}
             for fold in self.folds:
+                run.setdefault("confusion", {}).update(self.confusion(base, fold))
                 logging = run_logging(self.fold_folder(base, fold))
                 run["wall_seconds"] += float(logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][0])
                 run["step_seconds"].append(step_seconds(logging, self.iterations))
@@ -597,6 +647,16 @@ def results_markdown(results: dict, dataset_json: dict) -> str:
     for c in results["comparisons"]:
         lines.append(f"| {c['trainer']} | {c.get('baseline', BASELINE)} | {c['modality']} | {c['n']} | "
                      f"{100 * c['mean_difference']:+.2f} | {c['n_higher']} / {c['n_lower']} | {c['p_value']:.3g} |")
+    confused = [(b, r) for b, r in results["runs"].items() if r.get("confusion")]
+    if confused:
+        lines += ["", "Organ mix-ups (share of a reference organ's voxels, over all validation cases, predicted as "
+                      "another organ; >= 0.5 % listed, with the cases where it is >= 10 %):", ""]
+        for base, run in confused:
+            mixups = organ_mixups(run["confusion"], LABELS)
+            lines.append(f"- {base}: " + ("; ".join(
+                f"{m['reference']} -> {m['predicted']} {100 * m['share']:.1f} %"
+                + (f" ({', '.join(f'{c} {100 * v:.0f} %' for c, v in m['cases'].items())})" if m["cases"] else "")
+                for m in mixups) if mixups else "none"))
     detections = [(b, r) for b, r in results["runs"].items() if "auto_detection" in r]
     if detections:
         lines += ["", "Automatic modality detection (nnunet_mulmod_predict --modality auto) on the validation cases:", ""]

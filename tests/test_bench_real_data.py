@@ -239,3 +239,30 @@ def test_every_run_is_paired_with_nnunet_and_with_nnunet_without_mirroring_where
                          ("nnUNetTrainerMulModSeg", "nnUNetTrainerNoMirroring")}
     assert rows[("nnUNetTrainerMulModSeg", "nnUNetTrainerNoMirroring")]["mean_difference"] == pytest.approx(0.05)
     assert rows[("nnUNetTrainerMulModSeg", "nnUNetTrainer")]["mean_difference"] == pytest.approx(0.25)
+
+
+def test_organ_mixups_name_swapped_kidneys_and_the_cases_where_they_happen(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+    from bench_real_data import LABELS, organ_confusion, organ_mixups
+
+    reference = np.zeros((2, 10, 10), dtype=np.uint8)
+    reference[:, 1:4, 1:4] = 2  # kidney_right, 18 voxels
+    reference[:, 6:9, 6:9] = 3  # kidney_left, 18 voxels
+    reference[:, 0, 5:9] = 4  # liver, 8 voxels
+    swapped = reference.copy()
+    swapped[reference == 2], swapped[reference == 3] = 3, 2  # both kidneys swapped in this case
+    right = reference.copy()
+    right[0, 0, 5] = 1  # one liver voxel called spleen: 1 of 8 in this case (12.5 %), 1 of 16 over both (6 %)
+    for folder, arrays in (("ref", {"a": reference, "b": reference}), ("pred", {"a": swapped, "b": right})):
+        (tmp_path / folder).mkdir()
+        for case, array in arrays.items():
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / folder / f"{case}.nii.gz"))
+    confusion = organ_confusion(str(tmp_path / "pred"), str(tmp_path / "ref"), ["a", "b"], len(LABELS))
+    assert np.asarray(confusion["a"])[2, 3] == 18 and np.asarray(confusion["b"])[4, 1] == 1
+    mixups = organ_mixups(confusion, LABELS)
+    assert [(m["reference"], m["predicted"]) for m in mixups] == [("kidney_right", "kidney_left"),
+                                                                  ("kidney_left", "kidney_right"), ("liver", "spleen")]
+    assert mixups[0]["share"] == pytest.approx(0.5) and mixups[0]["cases"] == {"a": 1.0}
+    assert mixups[2]["share"] == pytest.approx(1 / 16) and mixups[2]["cases"] == {"b": 0.125}
+    assert organ_mixups(confusion, LABELS, min_share=0.1) == mixups[:2]
