@@ -123,14 +123,34 @@ def stratified_splits(case_modalities: Dict[str, str], n_folds: int = N_FOLDS, s
 # ----------------------------------------------------------------------------------------------------------------------
 # reading finished runs
 # ----------------------------------------------------------------------------------------------------------------------
-def run_logging(fold_folder: str) -> Optional[dict]:
-    """nnU-Net's per-epoch log of a run (from checkpoint_final, else checkpoint_latest)."""
+def run_checkpoint(fold_folder: str) -> Optional[dict]:
+    """A run's checkpoint_final, else checkpoint_latest (None: neither)."""
     import torch
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
         path = os.path.join(fold_folder, name)
         if os.path.isfile(path):
-            return torch.load(path, map_location="cpu", weights_only=False).get("logging")
+            return torch.load(path, map_location="cpu", weights_only=False)
     return None
+
+
+def run_logging(fold_folder: str) -> Optional[dict]:
+    """nnU-Net's per-epoch log of a run."""
+    checkpoint = run_checkpoint(fold_folder)
+    return None if checkpoint is None else checkpoint.get("logging")
+
+
+def run_mirrored(fold_folder: str) -> bool:
+    """Whether the run mirrored (training and test time): the axes its checkpoint allows test-time mirroring on."""
+    return bool(run_checkpoint(fold_folder).get("inference_allowed_mirroring_axes"))
+
+
+def combined_name(base: str, run: dict) -> str:
+    """The name of a stored run in a combined table: its trainer, marked "(mirrored)" where one of our trainers
+    mirrored. Until 2026-12-07 every trainer mirrored (results.json files of that time have no "mirrored" key);
+    since then ours do not for this dataset's left/right kidneys, so a run of that time is another recipe under the
+    same class name and is neither pooled nor compared with today's. nnUNetTrainer always mirrors."""
+    name = base[:-len(" (stored)")] if base.endswith(" (stored)") else base
+    return f"{name} (mirrored)" if run.get("mirrored", True) and name not in BASELINES else name
 
 
 def step_seconds(logging: dict, iterations: int) -> float:
@@ -276,7 +296,7 @@ def combine_results(stored: Dict[str, dict]) -> dict:
     runs: Dict[str, dict] = {}
     for path, earlier in stored.items():
         for base, run in earlier["runs"].items():
-            name = base[:-len(" (stored)")] if base.endswith(" (stored)") else base
+            name = combined_name(base, run)
             if "case_dice" not in run:
                 raise BenchmarkError(f"{path}: run {base} keeps no per-case Dice (case_dice; results.json files "
                                      f"written before 2026-12-03 lack it), so it cannot be combined.")
@@ -347,7 +367,7 @@ def add_stored_runs(results: dict, stored: Dict[str, dict]) -> dict:
     check_same_schedule(stored, results["steps"], results["folds"])
     for path, earlier in stored.items():
         for base, run in earlier["runs"].items():
-            name = base if base.endswith(" (stored)") else f"{base} (stored)"
+            name = f"{combined_name(base, run)} (stored)"
             if "case_dice" not in run:
                 raise BenchmarkError(f"{path}: run {base} keeps no per-case Dice (case_dice; results.json files "
                                      f"written before 2026-12-03 lack it), so it cannot be paired case by case.")
@@ -542,6 +562,7 @@ class RealDataBenchmark:
             run = {"trainer": self.trainer_name(base), **dice_summary(dice[base]), "wall_seconds": 0.0,
                    "step_seconds": []}
             for fold in self.folds:
+                run["mirrored"] = run.get("mirrored", False) or run_mirrored(self.fold_folder(base, fold))
                 run.setdefault("confusion", {}).update(self.confusion(base, fold))
                 logging = run_logging(self.fold_folder(base, fold))
                 run["wall_seconds"] += float(logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][0])

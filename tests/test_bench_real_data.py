@@ -80,11 +80,12 @@ def test_dice_summary_means_organs_per_case_before_cases_and_keeps_every_case():
 
 
 def _results(steps, case_means):
-    """A results.json of one nnUNetTrainer run: {case: (modality, mean Dice)}."""
+    """A results.json of one nnUNetTrainer run: {case: (modality, mean Dice)}. Its runs say they did not mirror
+    (as our trainers since 2026-12-07: renamed to one of them, the run is a current one)."""
     case_dice = {c: {"modality": m, "mean": v} for c, (m, v) in case_means.items()}
     return {"steps": steps, "folds": [0], "comparisons": [], "runs": {"nnUNetTrainer": {
         "trainer": "nnUNetTrainer_40epochs_100it_10val", "dice": {}, "case_dice": case_dice,
-        "wall_seconds": 60.0, "step_seconds": [1.0]}}}
+        "wall_seconds": 60.0, "step_seconds": [1.0], "mirrored": False}}}
 
 
 def test_stored_runs_are_paired_case_by_case_with_this_runs_baseline():
@@ -158,7 +159,8 @@ def test_runs_of_different_folds_combine_into_one_table_and_one_paired_test():
         for v in results["runs"]["nnUNetTrainer"]["case_dice"].values():
             v["organs"] = {"liver": v["mean"]}
         results["runs"]["nnUNetTrainerMulModSeg"] = {"trainer": "t", "case_dice": mulmodseg, "wall_seconds": 30.0,
-                                                     "step_seconds": [1.1], "auto_detection": {c: "CT" for c in cases}}
+                                                     "step_seconds": [1.1], "auto_detection": {c: "CT" for c in cases},
+                                                     "mirrored": False}
         return results
 
     session_1, session_2 = fold(0, 0.1), fold(1, 0.1)
@@ -266,3 +268,21 @@ def test_organ_mixups_name_swapped_kidneys_and_the_cases_where_they_happen(tmp_p
     assert mixups[0]["share"] == pytest.approx(0.5) and mixups[0]["cases"] == {"a": 1.0}
     assert mixups[2]["share"] == pytest.approx(1 / 16) and mixups[2]["cases"] == {"b": 0.125}
     assert organ_mixups(confusion, LABELS, min_share=0.1) == mixups[:2]
+
+
+def test_runs_from_before_mirroring_followed_the_classes_are_marked_mirrored_and_kept_apart():
+    """results.json files written before 2026-12-07 have no "mirrored" key: their MulModSeg runs mirrored, today's do
+    not (kidney_left/right), so a combined table shows them as another recipe instead of pooling the two."""
+    from bench_real_data import combine_results
+
+    old = _results(4000, {"ct_0": ("CT", 0.5), "mr_0": ("MR", 0.6)})
+    old["runs"]["nnUNetTrainerMulModSeg"] = {k: v for k, v in old["runs"]["nnUNetTrainer"].items() if k != "mirrored"}
+    del old["runs"]["nnUNetTrainer"]["mirrored"]  # nnUNetTrainer mirrors anyway: no mark
+    new = _results(4000, {"ct_1": ("CT", 0.7), "mr_1": ("MR", 0.8)})
+    new["folds"] = [1]
+    new["runs"]["nnUNetTrainerMulModSeg"] = dict(new["runs"]["nnUNetTrainer"])
+    combined = combine_results({"old.json": old, "new.json": new})
+    assert set(combined["runs"]) == {"nnUNetTrainer", "nnUNetTrainerMulModSeg (mirrored)", "nnUNetTrainerMulModSeg"}
+    assert set(combined["runs"]["nnUNetTrainer"]["case_dice"]) == {"ct_0", "mr_0", "ct_1", "mr_1"}
+    assert set(combined["runs"]["nnUNetTrainerMulModSeg"]["case_dice"]) == {"ct_1", "mr_1"}
+    assert set(combined["runs"]["nnUNetTrainerMulModSeg (mirrored)"]["case_dice"]) == {"ct_0", "mr_0"}
