@@ -36,7 +36,7 @@ debug = find("nnUNetTrainerZeus_debug")
 assert debug.__mro__[1] is nnUNetTrainerZeus and pickle.loads(pickle.dumps(debug)) is debug
 assert find("nnUNetTrainerZeusHybrid_debug").__mro__[1] is nnUNetTrainerZeusHybrid
 demo = find("nnUNetTrainerMulModSeg_demo")
-assert pickle.loads(pickle.dumps(demo)) is demo and demo.__mro__[1].__name__ == "nnUNetTrainerMulModSegNoDA"
+assert pickle.loads(pickle.dumps(demo)) is demo and demo.__mro__[1].__name__ == "nnUNetTrainerMulModSeg"
 assert find("nnUNetTrainerMulModSeg_demo_5epochs").__mro__[1] is demo
 try:
     find("nnUNetTrainerNoSuchThing_3epochs")

@@ -10,7 +10,7 @@ from nnunet_mulmod.training.mulmodseg_trainer import (  # noqa: F401
     nnUNetTrainerMulModSegPropALT,
 )
 from nnunet_mulmod.training.variants.controller import nnUNetTrainerMulModSegV1Controller  # noqa: F401
-from nnunet_mulmod.demo.demo_trainer import nnUNetTrainerMulModSeg_demo, nnUNetTrainerMulModSegNoDA  # noqa: F401,E402
+from nnunet_mulmod.demo.demo_trainer import nnUNetTrainerMulModSeg_demo  # noqa: F401,E402
 
 
 def __getattr__(name: str):
