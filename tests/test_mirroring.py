@@ -95,3 +95,13 @@ def test_an_unknown_mirroring_setting_is_refused(tiny_env, monkeypatch):
     with pytest.raises(ValueError, match=r"nnUNetTrainerMulModSegTypo.mirroring must be one of \('auto', 'on', "
                                          r"'off'\), not 'no'"):
         built_mirroring(nnUNetTrainerMulModSegTypo, DATASET_JSON, monkeypatch)
+
+
+def test_every_trainer_of_the_package_follows_the_rule():
+    """The README says every trainer we register mirrors by this rule: a trainer that bypasses the base would not."""
+    from nnunet_mulmod.nnunet_trainers import registered_trainers
+    from nnunet_mulmod.training.mirroring import nnUNetTrainerNoMirroringIfLateral
+
+    trainers = registered_trainers()
+    assert {"nnUNetTrainerMulModSeg", "nnUNetTrainerZeus", "nnUNetTrainerCTOnly", "nnUNetTrainerALTPrimus"} <= set(trainers)
+    assert [n for n, cls in trainers.items() if not issubclass(cls, nnUNetTrainerNoMirroringIfLateral)] == []

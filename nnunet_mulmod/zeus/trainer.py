@@ -21,10 +21,10 @@ import os
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mulmod import nnunet_integration
 from nnunet_mulmod.modality import class_names as dataset_class_names, get_channel_modalities
+from nnunet_mulmod.training.mirroring import nnUNetTrainerNoMirroringIfLateral
 from nnunet_mulmod.training.schedules import with_schedule
 from nnunet_mulmod.training.unwrap import unwrap_network
 from nnunet_mulmod.zeus.instruction_table import default_table_path, load_table, table_rows
@@ -34,7 +34,7 @@ from nnunet_mulmod.zeus.network import ZEUS_PLANS_KEY, build_zeus_network, make_
 SAM_CHECKPOINT_ENV = "nnUNet_zeus_sam_checkpoint"
 
 
-class nnUNetTrainerZeus(nnUNetTrainer):
+class nnUNetTrainerZeus(nnUNetTrainerNoMirroringIfLateral):
     """Late fusion: each channel decoded with its own modality's instructions, per-channel logits averaged."""
     zeus_fusion = "late"
     zeus_decoder_dim = 256       # SAM's decoder width
