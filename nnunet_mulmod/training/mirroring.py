@@ -47,7 +47,9 @@ class nnUNetTrainerNoMirroringIfLateral(nnUNetTrainer):
         if self.mirroring == "off" or (self.mirroring == "auto" and lateral):
             reason = (f"classes {', '.join(lateral)} are left/right-specific and a mirrored image swaps the sides"
                       if self.mirroring == "auto" else f"{self.__class__.__name__}.mirroring = 'off'")
-            self.print_to_log_file(f"Mirroring off, in training and at test time: {reason}.")
+            if not getattr(self, "_mirroring_off_logged", False):  # ALT builds one loader (and asks) per modality
+                self.print_to_log_file(f"Mirroring off, in training and at test time: {reason}.")
+                self._mirroring_off_logged = True
             mirror_axes = None
             self.inference_allowed_mirroring_axes = None
         return rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes
