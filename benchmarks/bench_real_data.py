@@ -153,10 +153,21 @@ def combined_name(base: str, run: dict) -> str:
     return f"{name} (mirrored)" if run.get("mirrored", True) and name not in BASELINES else name
 
 
+def epoch_seconds(logging: dict) -> List[float]:
+    """Each epoch's duration from nnU-Net's logging (training and validation batches)."""
+    return [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+
+
+def train_seconds(logging: dict) -> float:
+    """A run's training time: the sum of its epochs, so that a run continued with --c does not count the time it
+    stood still between its last checkpoint and the restart."""
+    return float(sum(epoch_seconds(logging)))
+
+
 def step_seconds(logging: dict, iterations: int) -> float:
     """Median epoch time / training iterations per epoch (validation batches included, the same for all runs);
     the first epoch (worker start-up) is left out."""
-    durations = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+    durations = epoch_seconds(logging)
     return statistics.median(durations[1:] if len(durations) > 1 else durations) / iterations
 
 
@@ -565,7 +576,7 @@ class RealDataBenchmark:
                 run["mirrored"] = run.get("mirrored", False) or run_mirrored(self.fold_folder(base, fold))
                 run.setdefault("confusion", {}).update(self.confusion(base, fold))
                 logging = run_logging(self.fold_folder(base, fold))
-                run["wall_seconds"] += float(logging["epoch_end_timestamps"][-1] - logging["epoch_start_timestamps"][0])
+                run["wall_seconds"] += train_seconds(logging)
                 run["step_seconds"].append(step_seconds(logging, self.iterations))
                 detected = self.detect_modalities(base, fold) if self.auto_detection else None
                 if detected is not None:

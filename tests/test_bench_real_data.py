@@ -286,3 +286,12 @@ def test_runs_from_before_mirroring_followed_the_classes_are_marked_mirrored_and
     assert set(combined["runs"]["nnUNetTrainer"]["case_dice"]) == {"ct_0", "mr_0", "ct_1", "mr_1"}
     assert set(combined["runs"]["nnUNetTrainerMulModSeg"]["case_dice"]) == {"ct_1", "mr_1"}
     assert set(combined["runs"]["nnUNetTrainerMulModSeg (mirrored)"]["case_dice"]) == {"ct_0", "mr_0"}
+
+
+def test_train_seconds_leaves_out_the_pause_before_a_continued_run():
+    from bench_real_data import step_seconds, train_seconds
+    # three epochs of 10 s, then the run stood still for 1000 s and was continued with --c for two epochs of 12 s
+    logging = {"epoch_start_timestamps": [0.0, 10.0, 20.0, 1030.0, 1042.0],
+               "epoch_end_timestamps": [10.0, 20.0, 30.0, 1042.0, 1054.0]}
+    assert train_seconds(logging) == pytest.approx(54.0)
+    assert step_seconds(logging, iterations=4) == pytest.approx(11.0 / 4)  # median of 10, 10, 12, 12; first left out
