@@ -133,15 +133,9 @@ def run_checkpoint(fold_folder: str) -> Optional[dict]:
     return None
 
 
-def run_logging(fold_folder: str) -> Optional[dict]:
-    """nnU-Net's per-epoch log of a run."""
-    checkpoint = run_checkpoint(fold_folder)
-    return None if checkpoint is None else checkpoint.get("logging")
-
-
-def run_mirrored(fold_folder: str) -> bool:
+def run_mirrored(checkpoint: dict) -> bool:
     """Whether the run mirrored (training and test time): the axes its checkpoint allows test-time mirroring on."""
-    return bool(run_checkpoint(fold_folder).get("inference_allowed_mirroring_axes"))
+    return bool(checkpoint.get("inference_allowed_mirroring_axes"))
 
 
 def combined_name(base: str, run: dict) -> str:
@@ -569,13 +563,16 @@ class RealDataBenchmark:
             frames[base] = df[df["fold"].isin([str(f) for f in self.folds])]
         dice = {b: d[d["metric"] == "Dice"] for b, d in frames.items()}
         results = {"steps": self.steps, "folds": self.folds, "runs": {}}
+        curves: Dict[str, Dict[int, List[float]]] = {}
         for base in self.trainers:
             run = {"trainer": self.trainer_name(base), **dice_summary(dice[base]), "wall_seconds": 0.0,
                    "step_seconds": []}
             for fold in self.folds:
-                run["mirrored"] = run.get("mirrored", False) or run_mirrored(self.fold_folder(base, fold))
+                checkpoint = run_checkpoint(self.fold_folder(base, fold))  # ~40 MB: read once per run and fold
+                logging = checkpoint["logging"]
+                run["mirrored"] = run.get("mirrored", False) or run_mirrored(checkpoint)
+                curves.setdefault(base, {})[fold] = [float(v) for v in logging["ema_fg_dice"]]
                 run.setdefault("confusion", {}).update(self.confusion(base, fold))
-                logging = run_logging(self.fold_folder(base, fold))
                 run["wall_seconds"] += train_seconds(logging)
                 run["step_seconds"].append(step_seconds(logging, self.iterations))
                 detected = self.detect_modalities(base, fold) if self.auto_detection else None
@@ -595,10 +592,6 @@ class RealDataBenchmark:
                                     "n_higher": int(row["n_higher"]), "n_lower": int(row["n_lower"]),
                                     "p_value": float(row["p_value"])})
         results["comparisons"] = comparisons
-        curves = {}
-        for base in self.trainers:
-            curves[base] = {f: [float(v) for v in run_logging(self.fold_folder(base, f))["ema_fg_dice"]]
-                            for f in self.folds}
         results["figure"] = plot_pseudo_dice(curves, self.iterations, os.path.join(self.output,
                                                                                   "pseudo_dice_vs_steps.png"))
         return results
